@@ -1,0 +1,205 @@
+"""The ``recagent`` command line. JSON on stdout (a table with ``--pretty``); errors are one
+line on stderr and a non-zero exit code (see ``agent.errors`` for the codes), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from agent.cassette import Cassette, RecordingTransport, ReplayTransport
+from agent.data import Loaded, align_catalog, load_events, load_items
+from agent.errors import ConfigError, RecommenderError
+from agent.llm import ChatClient, LLMConfig
+
+log = logging.getLogger("agent")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "fixtures" / "sample"
+DEMO_CASSETTE = REPO_ROOT / "fixtures" / "cassettes" / "demo.json"
+DEMO_USERS = ("u001", "u002", "u003")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and backend")
+    group.add_argument("--model", help="chat model (default: $RECAGENT_MODEL or gpt-4.1-mini)")
+    group.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $OPENAI_BASE_URL)")
+    group.add_argument(
+        "--backend",
+        choices=("openai", "replay", "fallback"),
+        help="openai: live API; replay: recorded responses; fallback: no model, retriever only",
+    )
+    group.add_argument("--cassette", type=Path, help="recorded responses for --backend replay")
+    group.add_argument("--record", type=Path, help="with --backend openai: also save every exchange here")
+    group.add_argument("--timeout", type=float, help="seconds per request (default 60)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--pretty", action="store_true", help="readable tables instead of JSON")
+    out.add_argument("-v", "--verbose", action="store_true", help="print cleaning reports and progress to stderr")
+
+
+def _data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--events", type=Path, required=required, help="behavior log (.csv/.jsonl/.parquet)")
+    parser.add_argument("--items", type=Path, required=required, help="item catalog (.csv/.jsonl/.parquet)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recagent",
+        description="Behavior profiles and grounded, explained recommendations from any OpenAI-compatible chat API.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    profile = sub.add_parser("profile", help="build one user's behavior profile")
+    _data_args(profile)
+    profile.add_argument("--user", required=True)
+    _common(profile)
+
+    recommend = sub.add_parser("recommend", help="recommend items for one user")
+    _data_args(recommend)
+    recommend.add_argument("--user", required=True)
+    recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    recommend.add_argument("--query", help="what the user asked for, in words")
+    recommend.add_argument("--with-profile", action="store_true", help="build the profile first and use it")
+    _common(recommend)
+
+    demo = sub.add_parser("demo", help="profile + top-10 for sample users on bundled data")
+    demo.add_argument("--users", nargs="*", default=list(DEMO_USERS))
+    _common(demo)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("recagent: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
+    items = load_items(items_path)
+    events = align_catalog(load_events(events_path), items)
+    if args.verbose:
+        for report in (events.report, items.report):
+            print("cleaning: " + report.summary(), file=sys.stderr)
+            if report.examples:
+                print("cleaning: example rows " + json.dumps(report.examples), file=sys.stderr)
+    return events, items
+
+
+def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[ChatClient | None, str]:
+    """The chat client for ``args`` and a one-line description of where answers come from."""
+    backend = args.backend or default_backend
+    config = LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
+    if backend == "fallback":
+        return None, "No model: recommendations come from the retriever alone (--backend fallback)."
+    if backend == "replay":
+        path = args.cassette or DEMO_CASSETTE
+        if not path.is_file():
+            raise ConfigError(f"cassette not found: {path}")
+        transport = ReplayTransport(Cassette(path))
+        client = ChatClient(config, http_client=httpx2.Client(transport=transport))
+        return client, f"Replaying recorded responses from {_shown(path)} (no live API calls)."
+    if not config.api_key and not config.base_url:
+        raise ConfigError("--backend openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
+    http_client = httpx2.Client(transport=RecordingTransport(Cassette(args.record))) if args.record else None
+    client = ChatClient(config, http_client=http_client)
+    where = config.base_url or "the OpenAI API"
+    return client, f"Calling {config.model} live at {where}."
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _emit(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+
+
+def _agent(args: argparse.Namespace, events: Loaded, items: Loaded, client: ChatClient | None) -> Any:
+    from agent.recommender import RecommenderAgent  # heavy imports only when needed
+
+    return RecommenderAgent(events.frame, items.frame, client)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    events, items = _load(args, args.events, args.items)
+    client, _ = make_client(args, default_backend="openai")
+    result = _agent(args, events, items, client).profile(args.user)
+    if args.pretty:
+        from agent.render import print_profile
+
+        print_profile(result)
+    else:
+        _emit(result.model_dump(mode="json"))
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ConfigError("-k must be at least 1")
+    events, items = _load(args, args.events, args.items)
+    client, _ = make_client(args, default_backend="openai")
+    agent = _agent(args, events, items, client)
+    profile = agent.profile(args.user).profile if args.with_profile and client else None
+    result = agent.recommend(args.user, k=args.k, query=args.query, profile=profile)
+    if args.pretty:
+        from agent.render import print_recommendations
+
+        print_recommendations(result)
+    else:
+        _emit(result.model_dump(mode="json"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    live = bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL") or args.base_url)
+    client, source = make_client(args, default_backend="openai" if live else "replay")
+    if client is not None and not live and args.backend is None:
+        source = source.rstrip(".") + "; set OPENAI_API_KEY to call the live API."
+    print(source, flush=True)
+    events, items = _load(args, SAMPLE_DIR / "events.csv", SAMPLE_DIR / "items.csv")
+    from agent.render import print_profile, print_recommendations
+
+    agent = _agent(args, events, items, client)
+    for user in args.users:
+        profile = agent.profile(user) if client else None
+        if profile:
+            print_profile(profile)
+        print_recommendations(agent.recommend(user, k=10, profile=profile.profile if profile else None))
+    return 0
+
+
+COMMANDS = {"profile": cmd_profile, "recommend": cmd_recommend, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except RecommenderError as exc:
+        print(f"recagent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("recagent: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""A chat-API client that returns validated pydantic objects or a typed error.
+
+Built on the official ``openai`` SDK, so it works with any OpenAI-compatible server (OpenAI,
+Azure, vLLM, Ollama, llama.cpp) through ``base_url``. The failure causes are handled in
+exactly one place each:
+
+* **Transport** (timeouts, connection errors, 408/409/429/5xx): retried here with tenacity,
+  honouring ``retry-after-ms``/``retry-after``; the SDK's own retries are switched off
+  (``max_retries=0``) so the two never stack. ``insufficient_quota``, auth and other 4xx
+  fail at once.
+* **Schema support**: ``response_format`` json_schema (strict); a server that rejects it with
+  a 400 gets JSON mode with the schema in the prompt from then on.
+* **Validation**: an invalid reply is re-asked with only the last validation error, at most
+  ``max_reasks`` times; never after ``finish_reason == "length"`` (``TruncatedReplyError``)
+  or a refusal/content filter (``RefusalError``).
+
+Usage and cost are summed over every request sent, failed ones included, and travel with
+both the result and any ``ModelError``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import httpx2
+import openai
+from pydantic import BaseModel, ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from agent import errors
+from agent.cassette import TEMPLATE_HEADER, CassetteMiss
+from agent.errors import Usage
+from agent.prompts import RenderedPrompt
+from agent.schemas import strict_json_schema
+from agent.tokens import PriceTable
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass
+class LLMConfig:
+    """Connection and behaviour settings; ``from_env`` reads the usual environment variables."""
+
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None
+    api_key: str | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    """Transport retries after the first attempt (so up to 4 requests per logical call)."""
+    max_reasks: int = 2
+    """Validation re-asks after the first reply."""
+    max_completion_tokens: int = 2000
+    temperature: float | None = None
+    """None sends no temperature (reasoning models reject anything but the default)."""
+    seed: int | None = 7
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> LLMConfig:
+        values: dict[str, Any] = {
+            "model": os.environ.get("RECAGENT_MODEL", DEFAULT_MODEL),
+            "base_url": os.environ.get("OPENAI_BASE_URL") or None,
+            "api_key": os.environ.get("OPENAI_API_KEY") or None,
+        }
+        if os.environ.get("RECAGENT_TIMEOUT"):
+            values["timeout_s"] = float(os.environ["RECAGENT_TIMEOUT"])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+@dataclass
+class StructuredReply(Generic[M]):
+    """A validated reply and what it cost to get it."""
+
+    value: M
+    raw: str
+    usage: Usage
+    attempts: int
+    mode: str
+    """``json_schema`` (strict structured output) or ``json_object`` (fallback JSON mode)."""
+    model: str
+    template_version: str
+    request_ids: list[str] = field(default_factory=list)
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+
+
+def extract_json(text: str) -> str:
+    """The JSON part of a reply: strips markdown fences and prose around one object."""
+    match = _FENCE.match(text)
+    if match:
+        return match.group(1)
+    start, end = text.find("{"), text.rfind("}")
+    return text[start : end + 1] if 0 <= start < end else text
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return min(max(float(value) * scale, 0.0), MAX_RETRY_AFTER_S)
+        except ValueError:
+            continue  # an HTTP-date retry-after: fall back to exponential backoff
+    return None
+
+
+def _error_code(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error", body) if isinstance(body.get("error", body), dict) else body
+    return str(inner.get("code") or inner.get("type") or exc.code or "")
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRYABLE_STATUS and _error_code(exc) != "insufficient_quota"
+    return False
+
+
+def _mentions_schema_support(message: str) -> bool:
+    text = message.lower()
+    return "response_format" in text or "json_schema" in text
+
+
+class ChatClient:
+    """Sync client. Thread-safe for concurrent ``complete`` calls (the SDK client is)."""
+
+    def __init__(
+        self,
+        config: LLMConfig | None = None,
+        *,
+        http_client: httpx2.Client | None = None,
+        prices: PriceTable | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.config = config or LLMConfig.from_env()
+        self.prices = prices or PriceTable.from_env()
+        self._sleep = sleep
+        self._json_schema_supported = True
+        self._sdk = openai.OpenAI(
+            api_key=self.config.api_key or "not-needed",
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=0,  # the one retry layer is ours (see module docstring)
+            http_client=http_client,
+        )
+
+    def close(self) -> None:
+        self._sdk.close()
+
+    # -- request building ------------------------------------------------------------
+    def build_request(
+        self, prompt: RenderedPrompt, output: type[BaseModel], *, json_schema: bool = True
+    ) -> dict[str, Any]:
+        """The chat.completions request body for ``prompt`` (shared with the batch paths)."""
+        schema = strict_json_schema(output)
+        messages = [dict(m) for m in prompt.messages]
+        if json_schema:
+            response_format: dict[str, Any] = {
+                "type": "json_schema",
+                "json_schema": {"name": output.__name__, "schema": schema, "strict": True},
+            }
+        else:
+            response_format = {"type": "json_object"}
+            messages[0]["content"] += (
+                "\n\nThe reply must be a JSON object that validates against this JSON schema:\n"
+                + json.dumps(schema, separators=(",", ":"))
+            )
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": messages,
+            "response_format": response_format,
+            "max_completion_tokens": self.config.max_completion_tokens,
+        }
+        if self.config.temperature is not None:
+            body["temperature"] = self.config.temperature
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed
+        return body
+
+    # -- transport -------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after_s(exc) if exc else None
+        if hinted is not None:
+            return hinted
+        return min(self.config.backoff_base_s * 2 ** (state.attempt_number - 1), self.config.backoff_max_s)
+
+    def _send(self, body: dict[str, Any], template_version: str, usage: Usage) -> Any:
+        """One logical request with bounded transport retries; maps SDK errors to ours."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.config.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+            sleep=self._sleep or time.sleep,
+        )
+        attempts = 0
+
+        def attempt() -> Any:
+            nonlocal attempts
+            attempts += 1
+            usage.requests += 1
+            return self._sdk.chat.completions.create(
+                **body, extra_headers={TEMPLATE_HEADER: template_version}
+            )
+
+        try:
+            return retrying(attempt)
+        except CassetteMiss as exc:
+            raise errors.CassetteMissError(str(exc), attempts=attempts, usage=usage, template=exc.template) from None
+        except openai.APIStatusError as exc:
+            raise self._map_status_error(exc, attempts, usage, template_version) from None
+        except openai.APITimeoutError:
+            raise errors.TransportError(
+                f"request timed out after {self.config.timeout_s:g}s ({attempts} attempts)",
+                attempts=attempts,
+                usage=usage,
+                template=template_version,
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise errors.TransportError(
+                f"cannot reach {self._sdk.base_url} ({attempts} attempts): {exc}",
+                attempts=attempts,
+                usage=usage,
+                template=template_version,
+            ) from None
+
+    @staticmethod
+    def _map_status_error(
+        exc: openai.APIStatusError, attempts: int, usage: Usage, template: str
+    ) -> errors.ModelError:
+        status, code = exc.status_code, _error_code(exc)
+        detail = f"HTTP {status}{f' {code}' if code else ''}: {exc.message}"
+        kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
+        if status == 429 and code == "insufficient_quota":
+            return errors.QuotaExceededError(f"account out of quota, not retried ({detail})", **kwargs)
+        if status == 429:
+            return errors.RateLimitError(f"rate limited after {attempts} attempts ({detail})", **kwargs)
+        if status in (401, 403):
+            return errors.AuthenticationError(f"authentication failed, check OPENAI_API_KEY ({detail})", **kwargs)
+        if status in RETRYABLE_STATUS:
+            return errors.TransportError(f"server error after {attempts} attempts ({detail})", **kwargs)
+        return errors.BadRequestError(f"request rejected ({detail})", **kwargs)
+
+    # -- the public call ---------------------------------------------------------------
+    def complete(self, prompt: RenderedPrompt, output: type[M]) -> StructuredReply[M]:
+        """Send ``prompt`` and return a reply validated as ``output``.
+
+        Raises a ``ModelError`` subclass (see module docstring); every error carries the
+        attempts made, the last raw reply and the usage of all attempts.
+        """
+        usage = Usage()
+        request_ids: list[str] = []
+        body = self.build_request(prompt, output, json_schema=self._json_schema_supported)
+        base_messages = list(body["messages"])
+        last_raw: str | None = None
+        reasks = 0
+        while True:
+            try:
+                completion = self._send(body, prompt.version, usage)
+            except errors.BadRequestError as exc:
+                if self._json_schema_supported and _mentions_schema_support(str(exc)):
+                    log.warning("server rejected json_schema response_format; using JSON mode with schema in prompt")
+                    self._json_schema_supported = False
+                    body = self.build_request(prompt, output, json_schema=False)
+                    base_messages = list(body["messages"])
+                    continue
+                raise
+            request_ids.append(getattr(completion, "_request_id", None) or completion.id)
+            self._account(completion, usage)
+            choice = completion.choices[0]
+            message = choice.message
+            last_raw = message.content
+            common: dict[str, Any] = {
+                "attempts": usage.requests,
+                "last_reply": last_raw,
+                "usage": usage,
+                "template": prompt.version,
+            }
+            if getattr(message, "refusal", None):
+                raise errors.RefusalError(f"model refused: {message.refusal}", **common)
+            if choice.finish_reason == "content_filter":
+                raise errors.RefusalError("reply stopped by the provider's content filter", **common)
+            if choice.finish_reason == "length":
+                raise errors.TruncatedReplyError(
+                    f"reply hit max_completion_tokens={self.config.max_completion_tokens}; raise it "
+                    "or shorten the prompt (not re-asked: it would be cut again)",
+                    **common,
+                )
+            try:
+                value = output.model_validate_json(extract_json(last_raw or ""))
+            except ValidationError as exc:
+                if reasks >= self.config.max_reasks:
+                    raise errors.InvalidReplyError(
+                        f"reply still invalid after {reasks} re-asks: {_short(exc)}", **common
+                    ) from None
+                reasks += 1
+                # Re-ask with only the last error (not the whole chain) to keep prompts short.
+                body = {
+                    **body,
+                    "messages": [
+                        *base_messages,
+                        {"role": "assistant", "content": last_raw or ""},
+                        {"role": "user", "content": _reask_message(exc)},
+                    ],
+                }
+                continue
+            return StructuredReply(
+                value=value,
+                raw=last_raw or "",
+                usage=usage,
+                attempts=usage.requests,
+                mode="json_schema" if self._json_schema_supported else "json_object",
+                model=completion.model or self.config.model,
+                template_version=prompt.version,
+                request_ids=request_ids,
+            )
+
+    def _account(self, completion: Any, usage: Usage) -> None:
+        if completion.usage is None:
+            return
+        details = getattr(completion.usage, "prompt_tokens_details", None)
+        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+        call = Usage(
+            prompt_tokens=completion.usage.prompt_tokens or 0,
+            completion_tokens=completion.usage.completion_tokens or 0,
+            cached_tokens=cached,
+        )
+        call.cost_usd = self.prices.cost(
+            self.config.model, call.prompt_tokens, call.completion_tokens, call.cached_tokens
+        )
+        usage.prompt_tokens += call.prompt_tokens
+        usage.completion_tokens += call.completion_tokens
+        usage.cached_tokens += call.cached_tokens
+        usage.cost_usd += call.cost_usd
+
+
+def _short(exc: ValidationError) -> str:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{exc.error_count()} error(s), first at {where or 'root'}: {first.get('msg')}"
+
+
+def _reask_message(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:10]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "(root)"
+        problems.append(f"- {where}: {error.get('msg')}")
+    return (
+        "Your reply did not match the required JSON schema:\n"
+        + "\n".join(problems)
+        + "\nReply again with the corrected JSON object only."
+    )

@@ -1,0 +1,141 @@
+"""A deterministic stand-in for a chat model, used to author the recorded fixtures and in tests.
+
+No model API is reachable where this project is built and tested, so the recordings in
+``fixtures/`` are answers from this stand-in served over HTTP by ``agent.loopback``. It reads
+the data blocks of recagent's own prompts (history, candidates, request) and answers in the
+shape a GPT-4-class model gives: a profile built from category/behavior counts and prices, a
+ranking by category affinity, recency, price fit and query words, with reasons that cite
+history items. It is NOT a recommender to measure: any quality number from it is meaningless.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from typing import Any
+
+from agent.behaviors import behavior_weight
+
+_BLOCK = re.compile(r'<data name="(?P<name>\w+)"[^>]*>\n(?P<body>.*?)</data>', re.S)
+
+
+def parse_blocks(user_message: str) -> dict[str, list[Any]]:
+    """The JSON lines of each ``<data name=...>`` block in a rendered user message."""
+    blocks: dict[str, list[Any]] = {}
+    for match in _BLOCK.finditer(user_message):
+        lines = [line for line in match.group("body").splitlines() if line.strip()]
+        blocks[match.group("name")] = [json.loads(line) for line in lines]
+    return blocks
+
+
+def _weights(history: list[dict[str, Any]]) -> tuple[Counter[str], dict[str, list[str]]]:
+    """Category affinity (recency-weighted) and the best evidence ids per category."""
+    affinity: Counter[str] = Counter()
+    evidence: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    n = len(history)
+    for position, event in enumerate(history):
+        category, item = event.get("category"), event.get("item_id")
+        if not category or not item:
+            continue
+        recency = 0.5 ** ((n - 1 - position) / 30)
+        weight = behavior_weight(event["behavior"], event.get("value")) * (0.5 + recency)
+        affinity[category] += weight
+        evidence[category].append((weight, item))
+    best = {
+        cat: list(dict.fromkeys(item for _, item in sorted(pairs, key=lambda p: -p[0]) if _ > 0))[:3]
+        for cat, pairs in evidence.items()
+    }
+    return affinity, best
+
+
+def profile_reply(history: list[dict[str, Any]]) -> dict[str, Any]:
+    affinity, evidence = _weights(history)
+    positive = [(cat, w) for cat, w in affinity.most_common() if w > 0 and evidence.get(cat)]
+    top = positive[0][1] if positive else 1.0
+    interests = [
+        {"name": cat.lower(), "strength": round(min(1.0, 0.3 + 0.7 * w / top), 2), "evidence": evidence[cat]}
+        for cat, w in positive[:4]
+    ]
+    disliked = [e for e in history if e["behavior"] == "dislike" or (e["behavior"] == "rating" and (e.get("value") or 5) <= 2)]
+    dislikes = [
+        {"name": f"{(e.get('category') or 'item').lower()}: {e.get('title') or e.get('item_id')}", "evidence": [e["item_id"]]}
+        for e in disliked[:3]
+        if e.get("item_id")
+    ]
+    paid = [e["price"] for e in history if e["behavior"] in ("purchase", "cart") and e.get("price")]
+    if paid:
+        spread = max(paid) / max(min(paid), 1.0)
+        sensitivity = "high" if max(paid) < 60 else ("low" if spread > 4 or min(paid) > 150 else "medium")
+        low, high = round(min(paid), 2), round(max(paid), 2)
+    else:
+        sensitivity, low, high = "unknown", None, None
+    recent = [e.get("category") for e in history[-8:] if e.get("category")]
+    recent_focus = Counter(recent).most_common(1)[0][0].lower() if recent else None
+    searches = [e["text"] for e in history if e["behavior"] == "search" and e.get("text")]
+    exploration = "focused" if len(positive) <= 2 else ("mixed" if len(positive) <= 4 else "exploratory")
+    names = [i["name"] for i in interests[:2]] or ["a range of products"]
+    summary = f"Mostly engaged with {' and '.join(names)}"
+    summary += f", buying in the {low:g}-{high:g} range." if paid else ", without many purchases yet."
+    if searches:
+        summary += f" Recent searches such as {searches[-1]!r} show what they are looking for now."
+    return {
+        "summary": summary,
+        "interests": interests,
+        "dislikes": dislikes,
+        "patterns": {
+            "price_sensitivity": sensitivity,
+            "typical_price_min": low,
+            "typical_price_max": high,
+            "recent_focus": recent_focus,
+            "exploration": exploration,
+        },
+    }
+
+
+def recommend_reply(
+    history: list[dict[str, Any]], candidates: list[dict[str, Any]], k: int, query: str | None
+) -> dict[str, Any]:
+    affinity, evidence = _weights(history)
+    top = max([w for w in affinity.values() if w > 0], default=1.0)
+    paid = [e["price"] for e in history if e["behavior"] in ("purchase", "cart") and e.get("price")]
+    typical = sum(paid) / len(paid) if paid else None
+    words = set(re.findall(r"[a-z]{3,}", (query or "").lower()))
+    titles = {e.get("item_id"): e.get("title") for e in history}
+    scored = []
+    for cand in candidates:
+        category = cand.get("category")
+        score = 0.15 + 0.6 * max(affinity.get(category, 0.0), 0.0) / top
+        if typical and cand.get("price"):
+            score += 0.15 * math.exp(-abs(math.log(cand["price"] / typical)))
+        text = f"{cand.get('title', '')} {cand.get('description', '')} {category or ''}".lower()
+        hits = sum(1 for w in words if w in text)
+        score += 0.3 * hits / max(len(words), 1)
+        scored.append((min(score, 0.99), cand))
+    scored.sort(key=lambda pair: (-pair[0], pair[1]["item_id"]))
+    items = []
+    for score, cand in scored[:k]:
+        category = cand.get("category")
+        cited = evidence.get(category, [])[:2]
+        if cited:
+            reason = f"Fits their {category.lower()} interest, shown by {titles.get(cited[0]) or cited[0]}."
+        elif words:
+            reason = f"Matches the request for {' '.join(sorted(words))}."
+        else:
+            reason = "A well-liked pick outside their usual categories, for variety."
+        items.append({"item_id": cand["item_id"], "score": round(score, 2), "reason": reason, "evidence": cited})
+    return {"items": items}
+
+
+def respond(body: dict[str, Any]) -> str:
+    """Answer one chat.completions request body with JSON text, like a model would."""
+    user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    blocks = parse_blocks(user)
+    history = blocks.get("history", [])
+    if "candidates" in blocks:
+        k_match = re.search(r"best (\d+) of", user)
+        k = int(k_match.group(1)) if k_match else 10
+        query = blocks.get("request", [None])[0]
+        return json.dumps(recommend_reply(history, blocks["candidates"], k, query))
+    return json.dumps(profile_reply(history))
