@@ -215,7 +215,7 @@ class ChatClient:
             wait=self._wait,
             retry=retry_if_exception(_is_retryable),
             reraise=True,
-            sleep=self._sleep or time.sleep,
+            sleep=self._sleep if self._sleep is not None else time.sleep,
         )
         attempts = 0
 
