@@ -5,6 +5,7 @@ line on stderr and a non-zero exit code (see ``agent.errors`` for the codes), ne
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -42,7 +43,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, help="seconds per request (default 60)")
     out = parser.add_argument_group("output")
     out.add_argument("--pretty", action="store_true", help="readable tables instead of JSON")
-    out.add_argument("-v", "--verbose", action="store_true", help="print cleaning reports and progress to stderr")
+    out.add_argument(
+        "-v", "--verbose", action="store_true", help="print cleaning reports and progress to stderr"
+    )
 
 
 def _data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="profile + top-10 for sample users on bundled data")
     demo.add_argument("--users", nargs="*", default=list(DEMO_USERS))
     _common(demo)
+
+    for name in EXTENSION_MODULES:
+        COMMANDS.update(importlib.import_module(name).register(sub, common=_common, data_args=_data_args))
     return parser
 
 
@@ -97,8 +103,14 @@ def _load(args: argparse.Namespace, events_path: Path, items_path: Path) -> tupl
     return events, items
 
 
+_OPEN_CLIENTS: list[ChatClient] = []
+
+
 def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[ChatClient | None, str]:
-    """The chat client for ``args`` and a one-line description of where answers come from."""
+    """The chat client for ``args`` and a one-line description of where answers come from.
+
+    Clients made here are closed by ``main`` when the command ends.
+    """
     backend = args.backend or default_backend
     config = LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
     if backend == "fallback":
@@ -109,11 +121,13 @@ def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[Chat
             raise ConfigError(f"cassette not found: {path}")
         transport = ReplayTransport(Cassette(path))
         client = ChatClient(config, http_client=httpx2.Client(transport=transport))
+        _OPEN_CLIENTS.append(client)
         return client, f"Replaying recorded responses from {_shown(path)} (no live API calls)."
     if not config.api_key and not config.base_url:
         raise ConfigError("--backend openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
     http_client = httpx2.Client(transport=RecordingTransport(Cassette(args.record))) if args.record else None
     client = ChatClient(config, http_client=http_client)
+    _OPEN_CLIENTS.append(client)
     where = config.base_url or "the OpenAI API"
     return client, f"Calling {config.model} live at {where}."
 
@@ -183,7 +197,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"profile": cmd_profile, "recommend": cmd_recommend, "demo": cmd_demo}
+COMMANDS: dict[str, Any] = {"profile": cmd_profile, "recommend": cmd_recommend, "demo": cmd_demo}
+
+# Modules that add subcommands. Each defines
+#   register(sub, *, common, data_args) -> {command name: handler(args) -> exit code}
+# where `common(parser)` adds the model/backend/output options and `data_args(parser)` adds
+# --events/--items. Handlers raise RecommenderError subclasses; main() prints them as one line.
+EXTENSION_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        while _OPEN_CLIENTS:
+            _OPEN_CLIENTS.pop().close()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def keep_priority(user_events: pd.DataFrame, keep_recent: int = 5) -> list[int]:
     n = len(user_events)
     weights = user_events["behavior"].map(DEFAULT_BEHAVIOR_WEIGHTS).fillna(DEFAULT_UNKNOWN_WEIGHT).abs()
     is_rating = (user_events["behavior"] == "rating").to_numpy()
-    signal = weights.to_numpy(dtype=float)
+    signal = weights.to_numpy(dtype=float, copy=True)
     signal[is_rating] = 0.7  # a rating is explicit feedback whatever its value
     has_text = user_events["text"].notna().to_numpy()
     signal = signal + 0.2 * has_text  # searches and reviews say what the user wants in words

@@ -131,8 +131,12 @@ def _error_code(exc: openai.APIStatusError) -> str:
     return str(inner.get("code") or inner.get("type") or exc.code or "")
 
 
+class _MalformedBody(Exception):
+    """The server answered 2xx with a body that is not a chat completion (garbled JSON, text)."""
+
+
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, _MalformedBody)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS and _error_code(exc) != "insufficient_quota"
@@ -168,7 +172,14 @@ class ChatClient:
         )
 
     def close(self) -> None:
+        """Close the HTTP connections (also done by ``with ChatClient(...) as client:``)."""
         self._sdk.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- request building ------------------------------------------------------------
     def build_request(
@@ -223,14 +234,22 @@ class ChatClient:
             nonlocal attempts
             attempts += 1
             usage.requests += 1
-            return self._sdk.chat.completions.create(
-                **body, extra_headers={TEMPLATE_HEADER: template_version}
-            )
+            try:
+                completion = self._sdk.chat.completions.create(
+                    **body, extra_headers={TEMPLATE_HEADER: template_version}
+                )
+            except json.JSONDecodeError as exc:  # the SDK lets a garbled 2xx body through as-is
+                raise _MalformedBody(f"response body is not JSON: {exc}") from None
+            if not getattr(completion, "choices", None):
+                raise _MalformedBody(f"response is not a chat completion: {str(completion)[:80]!r}")
+            return completion
 
         try:
             return retrying(attempt)
         except CassetteMiss as exc:
-            raise errors.CassetteMissError(str(exc), attempts=attempts, usage=usage, template=exc.template) from None
+            raise errors.CassetteMissError(
+                str(exc), attempts=attempts, usage=usage, template=exc.template
+            ) from None
         except openai.APIStatusError as exc:
             raise self._map_status_error(exc, attempts, usage, template_version) from None
         except openai.APITimeoutError:
@@ -243,6 +262,13 @@ class ChatClient:
         except openai.APIConnectionError as exc:
             raise errors.TransportError(
                 f"cannot reach {self._sdk.base_url} ({attempts} attempts): {exc}",
+                attempts=attempts,
+                usage=usage,
+                template=template_version,
+            ) from None
+        except _MalformedBody as exc:
+            raise errors.TransportError(
+                f"malformed response after {attempts} attempts: {exc}",
                 attempts=attempts,
                 usage=usage,
                 template=template_version,
@@ -260,7 +286,9 @@ class ChatClient:
         if status == 429:
             return errors.RateLimitError(f"rate limited after {attempts} attempts ({detail})", **kwargs)
         if status in (401, 403):
-            return errors.AuthenticationError(f"authentication failed, check OPENAI_API_KEY ({detail})", **kwargs)
+            return errors.AuthenticationError(
+                f"authentication failed, check OPENAI_API_KEY ({detail})", **kwargs
+            )
         if status in RETRYABLE_STATUS:
             return errors.TransportError(f"server error after {attempts} attempts ({detail})", **kwargs)
         return errors.BadRequestError(f"request rejected ({detail})", **kwargs)
@@ -283,7 +311,9 @@ class ChatClient:
                 completion = self._send(body, prompt.version, usage)
             except errors.BadRequestError as exc:
                 if self._json_schema_supported and _mentions_schema_support(str(exc)):
-                    log.warning("server rejected json_schema response_format; using JSON mode with schema in prompt")
+                    log.warning(
+                        "server rejected json_schema response_format; using JSON mode with schema in prompt"
+                    )
                     self._json_schema_supported = False
                     body = self.build_request(prompt, output, json_schema=False)
                     base_messages = list(body["messages"])

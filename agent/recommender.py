@@ -145,7 +145,10 @@ class RecommenderAgent:
 
         def build(kept: list[HistoryLine]) -> tuple[str, ProfileInputs]:
             return "profile", ProfileInputs(
-                domain=self.config.domain, behaviors=self.behaviors, history=kept, total_events=len(user_events)
+                domain=self.config.domain,
+                behaviors=self.behaviors,
+                history=kept,
+                total_events=len(user_events),
             )
 
         prompt, kept = self._fit_prompt(user_events, build, self._scrubber())
@@ -175,8 +178,7 @@ class RecommenderAgent:
         """
         if k < 1:
             raise ValueError("k must be at least 1")
-        user_events = self.histories.for_user(user_id)
-        history = consumed_items(user_events)
+        self.histories.for_user(user_id)  # UnknownUserError before any work
         candidates = self.retriever.candidates(
             user_id,
             n=max(self.config.n_candidates, k),
@@ -184,6 +186,25 @@ class RecommenderAgent:
             exclude_consumed=self.config.exclude_consumed,
             exclude=exclude,
         )
+        return self.rank_candidates(user_id, candidates, k=k, query=query, profile=profile)
+
+    def rank_candidates(
+        self,
+        user_id: str,
+        candidates: list[Candidate],
+        k: int = 10,
+        query: str | None = None,
+        profile: BehaviorProfile | None = None,
+    ) -> RecommendationResult:
+        """Rank a given candidate set (retriever output, or a fixed evaluation set) for a user.
+
+        The model sees only these candidates (shuffled) and the user's history in this agent's
+        log; items the model does not place are back-filled in the candidates' given order.
+        """
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        user_events = self.histories.for_user(user_id)
+        history = consumed_items(user_events)
         rec_id = uuid.uuid4().hex
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
@@ -213,7 +234,9 @@ class RecommenderAgent:
             result.usage = exc.usage.as_dict()
             return result
 
-        grounded = ground(reply.value, {c.item_id: self.catalog.title(c.item_id) for c in candidates}, history)
+        grounded = ground(
+            reply.value, {c.item_id: self.catalog.title(c.item_id) for c in candidates}, history
+        )
         by_id = {item.item_id: item for item in reply.value.items}
         out: list[Recommendation] = []
         for item_id in grounded.item_ids[:k]:
@@ -229,13 +252,19 @@ class RecommenderAgent:
                     source="llm",
                 )
             )
+        from_model = len(out)
         self._backfill(out, candidates, k, "retriever")
         return RecommendationResult(
             recommendation_id=rec_id,
             user_id=user_id,
             items=out,
             candidates_considered=len(candidates),
-            grounding=grounded.rates,
+            grounding={
+                "invented_rate": grounded.rates["invented_rate"],
+                "duplicate_rate": grounded.rates["duplicate_rate"],
+                "history_rate": grounded.rates["history_rate"],
+                "backfilled": float(len(out) - from_model),
+            },
             fallback_reason=None,
             model=reply.model,
             template_version=reply.template_version,
@@ -261,7 +290,9 @@ class RecommenderAgent:
         top = max(candidate.sources.items(), key=lambda kv: kv[1])[0]
         return labels.get(top, f"retriever signal: {top}")
 
-    def _backfill(self, out: list[Recommendation], candidates: list[Candidate], k: int, source: Source) -> None:
+    def _backfill(
+        self, out: list[Recommendation], candidates: list[Candidate], k: int, source: Source
+    ) -> None:
         taken = {r.item_id for r in out}
         for candidate in candidates:
             if len(out) >= k:

@@ -12,7 +12,9 @@ console = Console(soft_wrap=False)
 
 def print_profile(result: ProfileResult) -> None:
     profile = result.profile
-    console.rule(f"[bold]Profile of {result.user_id}[/] ({result.events_shown}/{result.events_total} events shown)")
+    console.rule(
+        f"[bold]Profile of {result.user_id}[/] ({result.events_shown}/{result.events_total} events shown)"
+    )
     console.print(profile.summary)
     table = Table("interest", "strength", "evidence", title="Interests", title_justify="left")
     for interest in sorted(profile.interests, key=lambda i: -i.strength):
@@ -42,7 +44,9 @@ def print_recommendations(result: RecommendationResult) -> None:
         table.add_row(str(item.rank), item.item_id, item.title, f"{item.score:.2f}", item.source, item.reason)
     console.print(table)
     if result.grounding:
-        rates = ", ".join(f"{k} {v:.0%}" for k, v in result.grounding.items())
+        rates = ", ".join(
+            f"{k} {v:.0%}" if k.endswith("_rate") else f"{k} {v:g}" for k, v in result.grounding.items()
+        )
         console.print(f"Grounding: {rates} (of {result.candidates_considered} candidates)")
     if result.model:
         _usage_line(result.usage, result.model, result.template_version or "")

@@ -31,9 +31,13 @@ def parse_blocks(user_message: str) -> dict[str, list[Any]]:
 
 
 def _weights(history: list[dict[str, Any]]) -> tuple[Counter[str], dict[str, list[str]]]:
-    """Category affinity (recency-weighted) and the best evidence ids per category."""
+    """Category affinity (recency-weighted) and the best evidence ids per category.
+
+    Items the user disliked or rated 2 or less never serve as evidence of an interest.
+    """
     affinity: Counter[str] = Counter()
     evidence: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    negative = {e.get("item_id") for e in history if _is_negative(e)}
     n = len(history)
     for position, event in enumerate(history):
         category, item = event.get("category"), event.get("item_id")
@@ -42,12 +46,19 @@ def _weights(history: list[dict[str, Any]]) -> tuple[Counter[str], dict[str, lis
         recency = 0.5 ** ((n - 1 - position) / 30)
         weight = behavior_weight(event["behavior"], event.get("value")) * (0.5 + recency)
         affinity[category] += weight
-        evidence[category].append((weight, item))
+        if weight > 0 and item not in negative:
+            evidence[category].append((weight, item))
     best = {
-        cat: list(dict.fromkeys(item for _, item in sorted(pairs, key=lambda p: -p[0]) if _ > 0))[:3]
+        cat: list(dict.fromkeys(item for _, item in sorted(pairs, key=lambda p: -p[0])))[:3]
         for cat, pairs in evidence.items()
     }
     return affinity, best
+
+
+def _is_negative(event: dict[str, Any]) -> bool:
+    return event["behavior"] == "dislike" or (
+        event["behavior"] == "rating" and (event.get("value") or 5) <= 2
+    )
 
 
 def profile_reply(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -58,11 +69,13 @@ def profile_reply(history: list[dict[str, Any]]) -> dict[str, Any]:
         {"name": cat.lower(), "strength": round(min(1.0, 0.3 + 0.7 * w / top), 2), "evidence": evidence[cat]}
         for cat, w in positive[:4]
     ]
-    disliked = [e for e in history if e["behavior"] == "dislike" or (e["behavior"] == "rating" and (e.get("value") or 5) <= 2)]
+    disliked = list({e["item_id"]: e for e in history if _is_negative(e) and e.get("item_id")}.values())
     dislikes = [
-        {"name": f"{(e.get('category') or 'item').lower()}: {e.get('title') or e.get('item_id')}", "evidence": [e["item_id"]]}
+        {
+            "name": f"{(e.get('category') or 'item').lower()}: {e.get('title') or e.get('item_id')}",
+            "evidence": [e["item_id"]],
+        }
         for e in disliked[:3]
-        if e.get("item_id")
     ]
     paid = [e["price"] for e in history if e["behavior"] in ("purchase", "cart") and e.get("price")]
     if paid:
@@ -115,16 +128,33 @@ def recommend_reply(
         scored.append((min(score, 0.99), cand))
     scored.sort(key=lambda pair: (-pair[0], pair[1]["item_id"]))
     items = []
-    for score, cand in scored[:k]:
+    for position, (score, cand) in enumerate(scored[:k]):
         category = cand.get("category")
-        cited = evidence.get(category, [])[:2]
+        pool = evidence.get(category, [])
+        cited = pool[position % len(pool) :][:1] + pool[: position % len(pool)][:1] if pool else []
+        price_note = ""
+        if typical and cand.get("price"):
+            ratio = cand["price"] / typical
+            price_note = (
+                " and is priced below what they usually pay"
+                if ratio < 0.8
+                else (
+                    " though it costs more than they usually pay"
+                    if ratio > 1.5
+                    else " at their usual price level"
+                )
+            )
         if cited:
-            reason = f"Fits their {category.lower()} interest, shown by {titles.get(cited[0]) or cited[0]}."
+            reason = f"Builds on their {category.lower()} interest ({titles.get(cited[0]) or cited[0]}){price_note}."
         elif words:
-            reason = f"Matches the request for {' '.join(sorted(words))}."
+            reason = f"Matches the request for {' '.join(sorted(words))}{price_note}."
         else:
-            reason = "A well-liked pick outside their usual categories, for variety."
-        items.append({"item_id": cand["item_id"], "score": round(score, 2), "reason": reason, "evidence": cited})
+            reason = (
+                f"A popular {(category or 'item').lower()} pick outside their usual categories, for variety."
+            )
+        items.append(
+            {"item_id": cand["item_id"], "score": round(score, 2), "reason": reason, "evidence": cited}
+        )
     return {"items": items}
 
 

@@ -165,14 +165,14 @@ CATEGORIES: tuple[dict, ...] = (
             {
                 "title": "{brand} {model} {ver} {gender} Road Running Shoe",
                 "desc": "Neutral road running shoe with a {foam} foam midsole and a breathable {upper} upper. "
-                "Weighs {weight} g per shoe (US 9) with a {drop} mm heel-to-toe drop.",
+                "Weighs {weight} g per shoe (US 9); {drop} mm heel-to-toe drop.",
                 "price": (89, 160),
                 "noun": "shoes",
             },
             {
                 "title": "{brand} {model} {ver} {gender} Stability Running Shoe",
                 "desc": "Stability shoe with a medial guide rail and {foam} foam cushioning for overpronators. "
-                "Weighs {weight} g per shoe with a {upper} upper and a {drop} mm drop.",
+                "Weighs {weight} g per shoe; {upper} upper, {drop} mm drop.",
                 "price": (99, 170),
                 "noun": "shoes",
             },
@@ -401,7 +401,7 @@ CATEGORIES: tuple[dict, ...] = (
             "gps": ("200", "300", "500", "700"),
             "lumens": ("400", "600", "800", "1200"),
             "gender": ("Men's", "Women's"),
-            "chamois": ("3-hour", "endurance", "gel-infused"),
+            "chamois": ("3-hour", "long-distance", "gel-infused"),
             "fabric": ("recycled nylon", "polyamide-elastane", "Italian warp-knit"),
             "axle": ("chromoly", "titanium", "stainless steel"),
             "float": ("0", "4.5", "6"),
@@ -618,7 +618,7 @@ CATEGORIES: tuple[dict, ...] = (
             },
             {
                 "title": "{brand} {model} {knifelen} cm Chef's Knife",
-                "desc": "Chef's knife with a {knifelen} cm {steel} steel blade and a {handle} handle, "
+                "desc": "Chef's knife forged from {steel} steel: {knifelen} cm blade, {handle} handle, "
                 "hand-sharpened to a 15° edge.",
                 "price": (39, 189),
                 "noun": "knife",
@@ -700,8 +700,8 @@ CATEGORIES: tuple[dict, ...] = (
             },
             {
                 "title": "{brand} {model} Wireless Vertical Mouse",
-                "desc": "Vertical mouse at a 57° angle to reduce wrist strain, with a {dpi} DPI sensor and silent "
-                "clicks. Rechargeable, {mouseweight} g.",
+                "desc": "Vertical mouse at a 57° angle to reduce wrist strain, with silent clicks and up to "
+                "{dpi} DPI. Rechargeable, {mouseweight} g.",
                 "price": (29, 89),
                 "noun": "mouse",
             },

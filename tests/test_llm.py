@@ -18,7 +18,10 @@ from tests.conftest import chat_bodies, valid_profile_json
 PROMPT = RenderedPrompt(
     name="profile",
     version="profile@test",
-    messages=[{"role": "system", "content": "You write profiles."}, {"role": "user", "content": "history..."}],
+    messages=[
+        {"role": "system", "content": "You write profiles."},
+        {"role": "user", "content": "history..."},
+    ],
 )
 
 
@@ -34,10 +37,22 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
+_clients: list[ChatClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def make_client(server: LoopbackServer, sleeps: Sleeps, **overrides: object) -> ChatClient:
     settings: dict[str, object] = {"base_url": server.base_url, "api_key": "sk-test-secret", "timeout_s": 2.0}
     config = LLMConfig(**{**settings, **overrides})  # type: ignore[arg-type]
-    return ChatClient(config, sleep=sleeps)
+    client = ChatClient(config, sleep=sleeps)
+    _clients.append(client)
+    return client
 
 
 @pytest.fixture
@@ -86,7 +101,9 @@ def test_invalid_reply_is_reasked_with_only_the_last_error(server: LoopbackServe
     assert "did not match" in third[3]["content"] and "interests" in third[3]["content"]
 
 
-def test_reasks_are_bounded_and_the_error_carries_attempts_usage_and_reply(server: LoopbackServer, sleeps: Sleeps) -> None:
+def test_reasks_are_bounded_and_the_error_carries_attempts_usage_and_reply(
+    server: LoopbackServer, sleeps: Sleeps
+) -> None:
     serve(server, *(Reply(content='{"summary": 1}', prompt_tokens=10, completion_tokens=5) for _ in range(5)))
     with pytest.raises(errors.InvalidReplyError) as info:
         make_client(server, sleeps, max_reasks=2).complete(PROMPT, BehaviorProfile)
@@ -96,7 +113,9 @@ def test_reasks_are_bounded_and_the_error_carries_attempts_usage_and_reply(serve
     assert len(chat_bodies(server)) == 3
 
 
-def test_length_and_refusal_and_content_filter_are_never_reasked(server: LoopbackServer, sleeps: Sleeps) -> None:
+def test_length_and_refusal_and_content_filter_are_never_reasked(
+    server: LoopbackServer, sleeps: Sleeps
+) -> None:
     client = make_client(server, sleeps)
     serve(server, Reply(content='{"summary": "cut', finish_reason="length"))
     with pytest.raises(errors.TruncatedReplyError):
@@ -111,7 +130,12 @@ def test_length_and_refusal_and_content_filter_are_never_reasked(server: Loopbac
 
 
 def test_rate_limit_waits_for_retry_after_then_succeeds(server: LoopbackServer, sleeps: Sleeps) -> None:
-    serve(server, Fault.rate_limit(retry_after=None, retry_after_ms=250), Fault.rate_limit(retry_after=2), valid_profile_json())
+    serve(
+        server,
+        Fault.rate_limit(retry_after=None, retry_after_ms=250),
+        Fault.rate_limit(retry_after=2),
+        valid_profile_json(),
+    )
     reply = make_client(server, sleeps).complete(PROMPT, BehaviorProfile)
     assert reply.usage.requests == 3
     assert sleeps == [0.25, 2.0]
@@ -124,8 +148,13 @@ def test_insufficient_quota_fails_at_once(server: LoopbackServer, sleeps: Sleeps
     assert info.value.attempts == 1 and sleeps == []
 
 
-@pytest.mark.parametrize(("status", "error"), [(401, errors.AuthenticationError), (400, errors.BadRequestError), (404, errors.BadRequestError)])
-def test_client_errors_are_not_retried(server: LoopbackServer, sleeps: Sleeps, status: int, error: type) -> None:
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, errors.AuthenticationError), (400, errors.BadRequestError), (404, errors.BadRequestError)],
+)
+def test_client_errors_are_not_retried(
+    server: LoopbackServer, sleeps: Sleeps, status: int, error: type
+) -> None:
     serve(server, Fault.http(status), valid_profile_json())
     with pytest.raises(error) as info:
         make_client(server, sleeps).complete(PROMPT, BehaviorProfile)
@@ -154,7 +183,9 @@ def test_timeout_is_explicit_and_bounded(server: LoopbackServer, sleeps: Sleeps)
 
 
 def test_server_without_json_schema_gets_json_mode_with_the_schema_in_the_prompt(sleeps: Sleeps) -> None:
-    with LoopbackServer(responder=ScriptedResponder([valid_profile_json()]), reject_json_schema=True) as server:
+    with LoopbackServer(
+        responder=ScriptedResponder([valid_profile_json()]), reject_json_schema=True
+    ) as server:
         reply = make_client(server, sleeps).complete(PROMPT, BehaviorProfile)
         bodies = chat_bodies(server)
     assert reply.mode == "json_object"
@@ -165,3 +196,13 @@ def test_server_without_json_schema_gets_json_mode_with_the_schema_in_the_prompt
 def test_extract_json_strips_fences_and_prose() -> None:
     assert extract_json('```json\n{"a": 1}\n```') == '{"a": 1}'
     assert extract_json('Sure! Here it is: {"a": {"b": 2}} Hope that helps.') == '{"a": {"b": 2}}'
+
+
+def test_malformed_json_body_is_retried_then_a_transport_error(
+    server: LoopbackServer, sleeps: Sleeps
+) -> None:
+    serve(server, Fault.malformed_json(), valid_profile_json())
+    assert make_client(server, sleeps).complete(PROMPT, BehaviorProfile).usage.requests == 2
+    serve(server, *(Fault.malformed_json() for _ in range(3)))
+    with pytest.raises(errors.TransportError, match="malformed response"):
+        make_client(server, sleeps, max_retries=2).complete(PROMPT, BehaviorProfile)
