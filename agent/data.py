@@ -173,20 +173,18 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], file: str) -> None:
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Strings with surrounding blanks stripped; blanks and NaN become NaN."""
-    text = series.astype("object").where(series.notna(), None)
-    text = text.map(lambda v: v.strip() if isinstance(v, str) else (None if v is None else str(v)))
-    return text.where(text.notna() & (text != ""), np.nan)
+    """Strings with surrounding blanks stripped; blanks and NaN become NA (vectorized)."""
+    text = series.astype("string").str.strip()
+    return text.mask(text == "")
 
 
 def _parse_timestamps(raw: pd.Series) -> pd.Series:
     """Parse epoch seconds/milliseconds or ISO-8601 strings to UTC; unparseable → NaT."""
-    text = raw.astype("string")
-    numeric = pd.to_numeric(text, errors="coerce")
-    is_epoch = numeric.notna()
+    text = raw.astype("string").str.strip()
+    is_epoch = text.str.fullmatch(r"\d+(?:\.\d+)?").fillna(False).astype(bool)
     out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns, UTC]")
     if is_epoch.any():
-        values = numeric[is_epoch].astype("float64")
+        values = text[is_epoch].astype("float64")
         # Epoch milliseconds are > 1e11 for any date after 1973; seconds are below that until 5138.
         unit_ms = values > 1e11
         seconds = values.where(~unit_ms, values / 1000.0)
@@ -280,9 +278,7 @@ def clean_items(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     report.repair("missing_title_set_to_id", frame.index[title.isna().to_numpy()])
     frame["title"] = title.fillna(frame["item_id"]).astype("str")
     for column in ("category", "description"):
-        frame[column] = (
-            _as_text(frame[column]).astype("object") if column in frame.columns else None
-        )
+        frame[column] = _as_text(frame[column]).astype("object") if column in frame.columns else None
         frame[column] = frame[column].where(frame[column].notna(), None)
     if "price" in frame.columns:
         price = pd.to_numeric(frame["price"], errors="coerce").astype("float64")
