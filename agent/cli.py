@@ -60,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    profile = sub.add_parser("profile", help="build one user's behavior profile")
-    _data_args(profile)
+    from agent import cli_feedback  # the feedback loop's options (its commands register below)
+
+    profile = sub.add_parser(
+        "profile", help="build one user's profile, or show|history|diff its stored versions"
+    )
+    profile.add_argument("action", nargs="?", choices=cli_feedback.PROFILE_ACTIONS, help="omit to build")
+    _data_args(profile, required=False)
     profile.add_argument("--user", required=True)
+    cli_feedback.add_profile_store_args(profile)
     _common(profile)
 
     recommend = sub.add_parser("recommend", help="recommend items for one user")
@@ -71,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     recommend.add_argument("--query", help="what the user asked for, in words")
     recommend.add_argument("--with-profile", action="store_true", help="build the profile first and use it")
+    cli_feedback.add_db_arg(recommend)
     _common(recommend)
 
     demo = sub.add_parser("demo", help="profile + top-10 for sample users on bundled data")
     demo.add_argument("--users", nargs="*", default=list(DEMO_USERS))
+    cli_feedback.add_db_arg(demo, memory_default=True)
     _common(demo)
 
     for name in EXTENSION_MODULES:
@@ -144,12 +152,19 @@ def _emit(payload: Any) -> None:
 
 
 def _agent(args: argparse.Namespace, events: Loaded, items: Loaded, client: ChatClient | None) -> Any:
+    from agent.cli_feedback import store_for
     from agent.recommender import RecommenderAgent  # heavy imports only when needed
 
-    return RecommenderAgent(events.frame, items.frame, client)
+    return RecommenderAgent(events.frame, items.frame, client, store=store_for(args))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.action:
+        from agent.cli_feedback import run_profile_action
+
+        return run_profile_action(args)
+    if args.events is None or args.items is None:
+        raise ConfigError("profile needs --events and --items (or an action: show, history, diff)")
     events, items = _load(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
     result = _agent(args, events, items, client).profile(args.user)
@@ -186,14 +201,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         source = source.rstrip(".") + "; set OPENAI_API_KEY to call the live API."
     print(source, flush=True)
     events, items = _load(args, SAMPLE_DIR / "events.csv", SAMPLE_DIR / "items.csv")
+    from agent.cli_feedback import demo_feedback_loop, memory_db
     from agent.render import print_profile, print_recommendations
 
+    memory_db(args)
     agent = _agent(args, events, items, client)
+    first = None
     for user in args.users:
         profile = agent.profile(user) if client else None
         if profile:
             print_profile(profile)
-        print_recommendations(agent.recommend(user, k=10, profile=profile.profile if profile else None))
+        result = agent.recommend(user, k=10, profile=profile.profile if profile else None)
+        print_recommendations(result)
+        first = first or result
+    if first is not None:
+        demo_feedback_loop(agent, first)  # recommend → reactions → refined profile → new top-10
     return 0
 
 
@@ -203,7 +225,12 @@ COMMANDS: dict[str, Any] = {"profile": cmd_profile, "recommend": cmd_recommend, 
 #   register(sub, *, common, data_args) -> {command name: handler(args) -> exit code}
 # where `common(parser)` adds the model/backend/output options and `data_args(parser)` adds
 # --events/--items. Handlers raise RecommenderError subclasses; main() prints them as one line.
-EXTENSION_MODULES: tuple[str, ...] = ()
+EXTENSION_MODULES: tuple[str, ...] = (
+    "agent.cli_feedback",
+    "agent.cli_chat",
+    "agent.cli_batch",
+    "agent.cli_evaluate",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

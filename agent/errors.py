@@ -166,3 +166,35 @@ class BudgetExceededError(RecommenderError):
 
 class MetricInputError(RecommenderError, ValueError):
     """Invalid metric arguments: k < 1, duplicate ids in a ranking, empty relevant set where not allowed."""
+
+
+# -- feedback loop and profile store (agent.feedback, agent.refine, agent.store) -------------
+class InvalidFeedbackError(DataError):
+    """A feedback event is malformed: rating without a value or off the scale, comment without text..."""
+
+
+class UnknownRecommendationError(DataError):
+    """Feedback names a recommendation id that was never served, was served to another user,
+    or did not include the item."""
+
+
+class ProfileNotFoundError(DataError):
+    """The store has no profile (or not the requested version) for the user."""
+
+
+class StoreError(RecommenderError):
+    """The profile store cannot be opened, migrated or written (path, permissions, newer schema)."""
+
+    exit_code = 7
+
+
+class VersionConflictError(StoreError):
+    """Another writer saved a newer profile version first, and the retries ran out.
+
+    ``user_id`` and ``attempts`` say whose profile and how many optimistic writes were tried.
+    """
+
+    def __init__(self, message: str, *, user_id: str, attempts: int) -> None:
+        self.user_id = user_id
+        self.attempts = attempts
+        super().__init__(message)

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx2
 import openai
@@ -148,6 +148,197 @@ def _mentions_schema_support(message: str) -> bool:
     return "response_format" in text or "json_schema" in text
 
 
+def retry_policy(config: LLMConfig) -> dict[str, Any]:
+    """The one transport-retry policy, as tenacity ``Retrying``/``AsyncRetrying`` arguments.
+
+    Shared by the sync and async clients: at most ``config.max_retries`` retries of retryable
+    failures (see ``_is_retryable``), waiting the server's ``retry-after(-ms)`` when given and
+    exponential backoff otherwise. The caller adds ``sleep``.
+    """
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after_s(exc) if exc else None
+        if hinted is not None:
+            return hinted
+        return min(config.backoff_base_s * 2 ** (state.attempt_number - 1), config.backoff_max_s)
+
+    return {
+        "stop": stop_after_attempt(config.max_retries + 1),
+        "wait": wait,
+        "retry": retry_if_exception(_is_retryable),
+        "reraise": True,
+    }
+
+
+def checked_completion(completion: Any) -> Any:
+    """``completion`` if it looks like a chat completion; else ``_MalformedBody`` (retryable)."""
+    if not getattr(completion, "choices", None):
+        raise _MalformedBody(f"response is not a chat completion: {str(completion)[:80]!r}")
+    return completion
+
+
+def map_transport_error(
+    exc: BaseException, *, attempts: int, usage: Usage, template: str, timeout_s: float, base_url: object
+) -> errors.ModelError | None:
+    """Our typed error for an exception left after the retries; None if it is not a transport one."""
+    kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
+    if isinstance(exc, CassetteMiss):
+        return errors.CassetteMissError(str(exc), attempts=attempts, usage=usage, template=exc.template)
+    if isinstance(exc, openai.APIStatusError):
+        return _map_status_error(exc, attempts, usage, template)
+    if isinstance(exc, openai.APITimeoutError):
+        return errors.TransportError(
+            f"request timed out after {timeout_s:g}s ({attempts} attempts)", **kwargs
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return errors.TransportError(f"cannot reach {base_url} ({attempts} attempts): {exc}", **kwargs)
+    if isinstance(exc, _MalformedBody):
+        return errors.TransportError(f"malformed response after {attempts} attempts: {exc}", **kwargs)
+    return None
+
+
+def _map_status_error(
+    exc: openai.APIStatusError, attempts: int, usage: Usage, template: str
+) -> errors.ModelError:
+    status, code = exc.status_code, _error_code(exc)
+    detail = f"HTTP {status}{f' {code}' if code else ''}: {exc.message}"
+    kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
+    if status == 429 and code == "insufficient_quota":
+        return errors.QuotaExceededError(f"account out of quota, not retried ({detail})", **kwargs)
+    if status == 429:
+        return errors.RateLimitError(f"rate limited after {attempts} attempts ({detail})", **kwargs)
+    if status in (401, 403):
+        return errors.AuthenticationError(f"authentication failed, check OPENAI_API_KEY ({detail})", **kwargs)
+    if status in RETRYABLE_STATUS:
+        return errors.TransportError(f"server error after {attempts} attempts ({detail})", **kwargs)
+    return errors.BadRequestError(f"request rejected ({detail})", **kwargs)
+
+
+def account(completion: Any, usage: Usage, prices: PriceTable, model: str, *, batch: bool = False) -> Usage:
+    """Add one completion's tokens and USD to ``usage``; returns this call's own usage."""
+    call = Usage()
+    if getattr(completion, "usage", None) is None:
+        return call
+    details = getattr(completion.usage, "prompt_tokens_details", None)
+    call.prompt_tokens = completion.usage.prompt_tokens or 0
+    call.completion_tokens = completion.usage.completion_tokens or 0
+    call.cached_tokens = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+    call.cost_usd = prices.cost(
+        model, call.prompt_tokens, call.completion_tokens, call.cached_tokens, batch=batch
+    )
+    usage.prompt_tokens += call.prompt_tokens
+    usage.completion_tokens += call.completion_tokens
+    usage.cached_tokens += call.cached_tokens
+    usage.cost_usd += call.cost_usd
+    return call
+
+
+def read_reply(completion: Any, output: type[M], *, max_completion_tokens: int, common: dict[str, Any]) -> M:
+    """The reply of ``completion`` validated as ``output``.
+
+    Raises ``RefusalError`` (refusal, content filter), ``TruncatedReplyError`` (length) and
+    pydantic's ``ValidationError`` (the caller decides between a re-ask and a failure).
+    ``common`` holds the keyword arguments of the ``ModelError`` raised (attempts, usage...).
+    """
+    choice = completion.choices[0]
+    message = choice.message
+    if getattr(message, "refusal", None):
+        raise errors.RefusalError(f"model refused: {message.refusal}", **common)
+    if choice.finish_reason == "content_filter":
+        raise errors.RefusalError("reply stopped by the provider's content filter", **common)
+    if choice.finish_reason == "length":
+        raise errors.TruncatedReplyError(
+            f"reply hit max_completion_tokens={max_completion_tokens}; raise it "
+            "or shorten the prompt (not re-asked: it would be cut again)",
+            **common,
+        )
+    return output.model_validate_json(extract_json(message.content or ""))
+
+
+class ClientState(Protocol):
+    """What an ``Exchange`` needs from a client (``ChatClient`` or ``AsyncChatClient``)."""
+
+    config: LLMConfig
+    prices: PriceTable
+    _json_schema_supported: bool
+
+    def build_request(
+        self, prompt: RenderedPrompt, output: type[BaseModel], *, json_schema: bool = True
+    ) -> dict[str, Any]: ...
+
+
+class Exchange(Generic[M]):
+    """One logical ``complete`` call apart from its transport (shared by the sync and async clients).
+
+    ``body`` is the request to send next. ``rejected`` says whether a 400 means "send it again
+    in JSON mode"; ``received`` accounts for a completion and returns the validated reply, or
+    None when ``body`` now holds a re-ask to send.
+    """
+
+    def __init__(self, client: ClientState, prompt: RenderedPrompt, output: type[M]) -> None:
+        self.client = client
+        self.prompt = prompt
+        self.output = output
+        self.usage = Usage()
+        self.request_ids: list[str] = []
+        self.reasks = 0
+        self.body = client.build_request(prompt, output, json_schema=client._json_schema_supported)
+        self._base_messages = list(self.body["messages"])
+
+    def rejected(self, exc: errors.BadRequestError) -> bool:
+        client = self.client
+        if not (client._json_schema_supported and _mentions_schema_support(str(exc))):
+            return False
+        log.warning("server rejected json_schema response_format; using JSON mode with schema in prompt")
+        client._json_schema_supported = False
+        self.body = client.build_request(self.prompt, self.output, json_schema=False)
+        self._base_messages = list(self.body["messages"])
+        return True
+
+    def received(self, completion: Any) -> StructuredReply[M] | None:
+        config, usage = self.client.config, self.usage
+        self.request_ids.append(getattr(completion, "_request_id", None) or completion.id)
+        account(completion, usage, self.client.prices, config.model)
+        last_raw = completion.choices[0].message.content
+        common: dict[str, Any] = {
+            "attempts": usage.requests,
+            "last_reply": last_raw,
+            "usage": usage,
+            "template": self.prompt.version,
+        }
+        try:
+            value = read_reply(
+                completion, self.output, max_completion_tokens=config.max_completion_tokens, common=common
+            )
+        except ValidationError as exc:
+            if self.reasks >= config.max_reasks:
+                raise errors.InvalidReplyError(
+                    f"reply still invalid after {self.reasks} re-asks: {_short(exc)}", **common
+                ) from None
+            self.reasks += 1
+            # Re-ask with only the last error (not the whole chain) to keep prompts short.
+            self.body = {
+                **self.body,
+                "messages": [
+                    *self._base_messages,
+                    {"role": "assistant", "content": last_raw or ""},
+                    {"role": "user", "content": _reask_message(exc)},
+                ],
+            }
+            return None
+        return StructuredReply(
+            value=value,
+            raw=last_raw or "",
+            usage=usage,
+            attempts=usage.requests,
+            mode="json_schema" if self.client._json_schema_supported else "json_object",
+            model=completion.model or config.model,
+            template_version=self.prompt.version,
+            request_ids=self.request_ids,
+        )
+
+
 class ChatClient:
     """Sync client. Thread-safe for concurrent ``complete`` calls (the SDK client is)."""
 
@@ -186,47 +377,13 @@ class ChatClient:
         self, prompt: RenderedPrompt, output: type[BaseModel], *, json_schema: bool = True
     ) -> dict[str, Any]:
         """The chat.completions request body for ``prompt`` (shared with the batch paths)."""
-        schema = strict_json_schema(output)
-        messages = [dict(m) for m in prompt.messages]
-        if json_schema:
-            response_format: dict[str, Any] = {
-                "type": "json_schema",
-                "json_schema": {"name": output.__name__, "schema": schema, "strict": True},
-            }
-        else:
-            response_format = {"type": "json_object"}
-            messages[0]["content"] += (
-                "\n\nThe reply must be a JSON object that validates against this JSON schema:\n"
-                + json.dumps(schema, separators=(",", ":"))
-            )
-        body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": messages,
-            "response_format": response_format,
-            "max_completion_tokens": self.config.max_completion_tokens,
-        }
-        if self.config.temperature is not None:
-            body["temperature"] = self.config.temperature
-        if self.config.seed is not None:
-            body["seed"] = self.config.seed
-        return body
+        return build_request_body(self.config, prompt, output, json_schema=json_schema)
 
     # -- transport -------------------------------------------------------------------
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hinted = _retry_after_s(exc) if exc else None
-        if hinted is not None:
-            return hinted
-        return min(self.config.backoff_base_s * 2 ** (state.attempt_number - 1), self.config.backoff_max_s)
-
     def _send(self, body: dict[str, Any], template_version: str, usage: Usage) -> Any:
         """One logical request with bounded transport retries; maps SDK errors to ours."""
         retrying = Retrying(
-            stop=stop_after_attempt(self.config.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception(_is_retryable),
-            reraise=True,
-            sleep=self._sleep if self._sleep is not None else time.sleep,
+            **retry_policy(self.config), sleep=self._sleep if self._sleep is not None else time.sleep
         )
         attempts = 0
 
@@ -240,58 +397,22 @@ class ChatClient:
                 )
             except json.JSONDecodeError as exc:  # the SDK lets a garbled 2xx body through as-is
                 raise _MalformedBody(f"response body is not JSON: {exc}") from None
-            if not getattr(completion, "choices", None):
-                raise _MalformedBody(f"response is not a chat completion: {str(completion)[:80]!r}")
-            return completion
+            return checked_completion(completion)
 
         try:
             return retrying(attempt)
-        except CassetteMiss as exc:
-            raise errors.CassetteMissError(
-                str(exc), attempts=attempts, usage=usage, template=exc.template
-            ) from None
-        except openai.APIStatusError as exc:
-            raise self._map_status_error(exc, attempts, usage, template_version) from None
-        except openai.APITimeoutError:
-            raise errors.TransportError(
-                f"request timed out after {self.config.timeout_s:g}s ({attempts} attempts)",
+        except Exception as exc:
+            mapped = map_transport_error(
+                exc,
                 attempts=attempts,
                 usage=usage,
                 template=template_version,
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise errors.TransportError(
-                f"cannot reach {self._sdk.base_url} ({attempts} attempts): {exc}",
-                attempts=attempts,
-                usage=usage,
-                template=template_version,
-            ) from None
-        except _MalformedBody as exc:
-            raise errors.TransportError(
-                f"malformed response after {attempts} attempts: {exc}",
-                attempts=attempts,
-                usage=usage,
-                template=template_version,
-            ) from None
-
-    @staticmethod
-    def _map_status_error(
-        exc: openai.APIStatusError, attempts: int, usage: Usage, template: str
-    ) -> errors.ModelError:
-        status, code = exc.status_code, _error_code(exc)
-        detail = f"HTTP {status}{f' {code}' if code else ''}: {exc.message}"
-        kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
-        if status == 429 and code == "insufficient_quota":
-            return errors.QuotaExceededError(f"account out of quota, not retried ({detail})", **kwargs)
-        if status == 429:
-            return errors.RateLimitError(f"rate limited after {attempts} attempts ({detail})", **kwargs)
-        if status in (401, 403):
-            return errors.AuthenticationError(
-                f"authentication failed, check OPENAI_API_KEY ({detail})", **kwargs
+                timeout_s=self.config.timeout_s,
+                base_url=self._sdk.base_url,
             )
-        if status in RETRYABLE_STATUS:
-            return errors.TransportError(f"server error after {attempts} attempts ({detail})", **kwargs)
-        return errors.BadRequestError(f"request rejected ({detail})", **kwargs)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     # -- the public call ---------------------------------------------------------------
     def complete(self, prompt: RenderedPrompt, output: type[M]) -> StructuredReply[M]:
@@ -300,98 +421,62 @@ class ChatClient:
         Raises a ``ModelError`` subclass (see module docstring); every error carries the
         attempts made, the last raw reply and the usage of all attempts.
         """
-        usage = Usage()
-        request_ids: list[str] = []
-        body = self.build_request(prompt, output, json_schema=self._json_schema_supported)
-        base_messages = list(body["messages"])
-        last_raw: str | None = None
-        reasks = 0
+        exchange = Exchange(self, prompt, output)
         while True:
             try:
-                completion = self._send(body, prompt.version, usage)
+                completion = self._send(exchange.body, prompt.version, exchange.usage)
             except errors.BadRequestError as exc:
-                if self._json_schema_supported and _mentions_schema_support(str(exc)):
-                    log.warning(
-                        "server rejected json_schema response_format; using JSON mode with schema in prompt"
-                    )
-                    self._json_schema_supported = False
-                    body = self.build_request(prompt, output, json_schema=False)
-                    base_messages = list(body["messages"])
+                if exchange.rejected(exc):
                     continue
                 raise
-            request_ids.append(getattr(completion, "_request_id", None) or completion.id)
-            self._account(completion, usage)
-            choice = completion.choices[0]
-            message = choice.message
-            last_raw = message.content
-            common: dict[str, Any] = {
-                "attempts": usage.requests,
-                "last_reply": last_raw,
-                "usage": usage,
-                "template": prompt.version,
-            }
-            if getattr(message, "refusal", None):
-                raise errors.RefusalError(f"model refused: {message.refusal}", **common)
-            if choice.finish_reason == "content_filter":
-                raise errors.RefusalError("reply stopped by the provider's content filter", **common)
-            if choice.finish_reason == "length":
-                raise errors.TruncatedReplyError(
-                    f"reply hit max_completion_tokens={self.config.max_completion_tokens}; raise it "
-                    "or shorten the prompt (not re-asked: it would be cut again)",
-                    **common,
-                )
-            try:
-                value = output.model_validate_json(extract_json(last_raw or ""))
-            except ValidationError as exc:
-                if reasks >= self.config.max_reasks:
-                    raise errors.InvalidReplyError(
-                        f"reply still invalid after {reasks} re-asks: {_short(exc)}", **common
-                    ) from None
-                reasks += 1
-                # Re-ask with only the last error (not the whole chain) to keep prompts short.
-                body = {
-                    **body,
-                    "messages": [
-                        *base_messages,
-                        {"role": "assistant", "content": last_raw or ""},
-                        {"role": "user", "content": _reask_message(exc)},
-                    ],
-                }
-                continue
-            return StructuredReply(
-                value=value,
-                raw=last_raw or "",
-                usage=usage,
-                attempts=usage.requests,
-                mode="json_schema" if self._json_schema_supported else "json_object",
-                model=completion.model or self.config.model,
-                template_version=prompt.version,
-                request_ids=request_ids,
-            )
+            reply = exchange.received(completion)
+            if reply is not None:
+                return reply
 
-    def _account(self, completion: Any, usage: Usage) -> None:
-        if completion.usage is None:
-            return
-        details = getattr(completion.usage, "prompt_tokens_details", None)
-        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
-        call = Usage(
-            prompt_tokens=completion.usage.prompt_tokens or 0,
-            completion_tokens=completion.usage.completion_tokens or 0,
-            cached_tokens=cached,
+
+def build_request_body(
+    config: LLMConfig, prompt: RenderedPrompt, output: type[BaseModel], *, json_schema: bool = True
+) -> dict[str, Any]:
+    """The chat.completions request body for ``prompt`` under ``config`` (no client needed).
+
+    Static instructions first and user data last (as rendered), ``max_completion_tokens``
+    always set; ``json_schema=False`` asks for JSON mode with the schema in the system prompt.
+    """
+    schema = strict_json_schema(output)
+    messages = [dict(m) for m in prompt.messages]
+    if json_schema:
+        response_format: dict[str, Any] = {
+            "type": "json_schema",
+            "json_schema": {"name": output.__name__, "schema": schema, "strict": True},
+        }
+    else:
+        response_format = {"type": "json_object"}
+        messages[0]["content"] += (
+            "\n\nThe reply must be a JSON object that validates against this JSON schema:\n"
+            + json.dumps(schema, separators=(",", ":"))
         )
-        call.cost_usd = self.prices.cost(
-            self.config.model, call.prompt_tokens, call.completion_tokens, call.cached_tokens
-        )
-        usage.prompt_tokens += call.prompt_tokens
-        usage.completion_tokens += call.completion_tokens
-        usage.cached_tokens += call.cached_tokens
-        usage.cost_usd += call.cost_usd
+    body: dict[str, Any] = {
+        "model": config.model,
+        "messages": messages,
+        "response_format": response_format,
+        "max_completion_tokens": config.max_completion_tokens,
+    }
+    if config.temperature is not None:
+        body["temperature"] = config.temperature
+    if config.seed is not None:
+        body["seed"] = config.seed
+    return body
 
 
 def _short(exc: ValidationError) -> str:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": str(exc)}
     where = ".".join(str(p) for p in first.get("loc", ()))
     return f"{exc.error_count()} error(s), first at {where or 'root'}: {first.get('msg')}"
+
+
+def short_validation_error(exc: ValidationError) -> str:
+    """One line about a validation error: how many problems and the first one."""
+    return _short(exc)
 
 
 def _reask_message(exc: ValidationError) -> str:

@@ -101,7 +101,9 @@ class PromptRenderer:
 
     def __init__(self, template_dir: str | Path | None = None) -> None:
         user_dir = template_dir or os.environ.get("RECAGENT_TEMPLATES")
-        search: Sequence[Path] = [Path(user_dir), BUILTIN_TEMPLATE_DIR] if user_dir else [BUILTIN_TEMPLATE_DIR]
+        search: Sequence[Path] = (
+            [Path(user_dir), BUILTIN_TEMPLATE_DIR] if user_dir else [BUILTIN_TEMPLATE_DIR]
+        )
         if user_dir and not Path(user_dir).is_dir():
             raise TemplateError(f"template directory not found: {user_dir}")
         self._search = list(search)
@@ -144,7 +146,9 @@ class PromptRenderer:
             system = str(module.system()).strip()  # type: ignore[attr-defined]
             user = str(module.user()).strip()  # type: ignore[attr-defined]
         except jinja2.TemplateNotFound as exc:
-            raise TemplateError(f"template {name!r} not found in {', '.join(map(str, self._search))}") from exc
+            raise TemplateError(
+                f"template {name!r} not found in {', '.join(map(str, self._search))}"
+            ) from exc
         except AttributeError as exc:
             raise TemplateError(f"template {name!r} must define macros system() and user()") from exc
         except jinja2.TemplateError as exc:

@@ -12,6 +12,11 @@ The flow of ``recommend`` (two stages, as the strongest published systems do):
 
 With no client (``--backend fallback``) or when the model fails for good (transport, quota,
 budget), the retriever's ranking is returned with ``source="fallback"`` and the reason.
+
+With a ``store`` (``agent.store``) the feedback loop is on: ``profile`` saves a version,
+``recommend``/``rank_candidates`` use the latest stored profile when none is given, never show
+blocked items (dislikes, not_interested, low ratings) to the model or the user, and record what
+was served; ``feedback`` records reactions and ``refine`` updates the profile from them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import pandas as pd
@@ -28,9 +34,10 @@ from agent import errors
 from agent.behaviors import KNOWN_BEHAVIORS
 from agent.candidates import Candidate, Retriever
 from agent.data import UserHistories
+from agent.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
 from agent.grounding import ground
 from agent.history import Catalog, consumed_items, fit_history, history_lines
-from agent.llm import ChatClient
+from agent.llm import DEFAULT_MODEL, ChatClient, StructuredReply
 from agent.position_bias import shuffle_candidates
 from agent.privacy import Scrubber
 from agent.prompts import (
@@ -42,7 +49,9 @@ from agent.prompts import (
     RenderedPrompt,
     default_renderer,
 )
+from agent.refine import RefineConfig, Refiner, RefineResult, built_profile_draft
 from agent.schemas import BehaviorProfile, profile_model, recommendations_model
+from agent.store import Store
 from agent.tokens import count_messages
 
 log = logging.getLogger(__name__)
@@ -96,10 +105,65 @@ class ProfileResult(BaseModel):
     model: str
     template_version: str
     usage: dict[str, Any]
+    version: int | None = None
+    """The stored profile version this result was saved as (agents with a store)."""
+
+
+class CandidateInfo(BaseModel):
+    """A retrieved candidate as interpreting a reply needs it (title, retriever scores)."""
+
+    item_id: str
+    title: str
+    score: float
+    sources: dict[str, float]
+
+
+class ReplyContext(BaseModel):
+    """Everything needed to interpret one reply, without the prompt text.
+
+    JSON-serializable, so a Batch API reply can be interpreted in a later process exactly
+    as the synchronous path interprets it (``interpret_reply``).
+    """
+
+    task: Literal["profile", "recommend"]
+    user_id: str
+    history_ids: list[str]
+    """Item ids of the history lines shown (the evidence enum)."""
+    events_total: int
+    events_shown: int
+    shown: list[str] = []
+    """recommend: candidate ids in the (shuffled) order the model saw them."""
+    candidates: list[CandidateInfo] = []
+    """recommend: the candidates in the retriever's order (back-fill order)."""
+    consumed: list[str] = []
+    """recommend: every item the user interacted with (never recommended back)."""
+    k: int = 0
+
+    def output_model(self) -> type[BaseModel]:
+        """The reply model, with enums of this request's ids."""
+        if self.task == "profile":
+            return profile_model(self.history_ids)
+        return recommendations_model(self.shown, self.history_ids)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A rendered prompt and the context to interpret its reply; made without any network."""
+
+    prompt: RenderedPrompt
+    context: ReplyContext
 
 
 class RecommenderAgent:
-    """Profiles and recommendations over one loaded log and catalog (canonical frames)."""
+    """Profiles and recommendations over one loaded log and catalog (canonical frames).
+
+    Each model call is ``prepare_*`` (pure: render + schema) then ``interpret_reply``
+    (validate, ground, back-fill), so the batch runner and the Batch API collector share
+    this code path with ``profile`` and ``rank_candidates``.
+    """
+
+    token_model: str | None = None
+    """Model whose tokenizer measures prompt budgets when the agent has no client (batch runs)."""
 
     def __init__(
         self,
@@ -109,7 +173,13 @@ class RecommenderAgent:
         config: AgentConfig | None = None,
         *,
         retriever: Retriever | None = None,
+        store: Store | None = None,
+        refine_config: RefineConfig | None = None,
     ) -> None:
+        self.store = store
+        """With a store: profiles and served recommendations are saved, feedback/refine work,
+        and blocked items (dislikes, not_interested, low ratings) are hard filters."""
+        self.refine_config = refine_config or RefineConfig()
         self.config = config or AgentConfig()
         self.client = client
         self.catalog = Catalog(items)
@@ -124,7 +194,7 @@ class RecommenderAgent:
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         """Render with as much history as the token budget allows (never more)."""
         lines = history_lines(user_events, self.catalog, scrubber)
-        model = self.client.config.model if self.client else "gpt-4.1-mini"
+        model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
 
         def measure(kept: list[HistoryLine]) -> int:
             return count_messages(self.renderer.render(*build(kept)).messages, model)
@@ -141,6 +211,17 @@ class RecommenderAgent:
     def profile(self, user_id: str) -> ProfileResult:
         """Build the user's behavior profile. Raises ``UnknownUserError`` or a ``ModelError``."""
         client = self._require_client("profile")
+        prepared = self.prepare_profile(user_id)
+        reply = client.complete(prepared.prompt, prepared.context.output_model())
+        result = interpret_profile(prepared.context, reply)
+        if self.store is not None:
+            as_of = self.histories.for_user(user_id)["timestamp"].max().to_pydatetime()
+            saved = self.store.update_profile(user_id, lambda _: built_profile_draft(result, as_of))
+            result.version = saved.version if saved else None
+        return result
+
+    def prepare_profile(self, user_id: str) -> PreparedRequest:
+        """The profile prompt for ``user_id`` and its reply context (no network)."""
         user_events = self.histories.for_user(user_id)
 
         def build(kept: list[HistoryLine]) -> tuple[str, ProfileInputs]:
@@ -153,16 +234,14 @@ class RecommenderAgent:
 
         prompt, kept = self._fit_prompt(user_events, build, self._scrubber())
         evidence_ids = list(dict.fromkeys(line.item_id for line in kept if line.item_id))
-        reply = client.complete(prompt, profile_model(evidence_ids))
-        return ProfileResult(
+        context = ReplyContext(
+            task="profile",
             user_id=user_id,
-            profile=BehaviorProfile.model_validate(reply.value.model_dump()),
+            history_ids=evidence_ids,
             events_total=len(user_events),
             events_shown=len(kept),
-            model=reply.model,
-            template_version=reply.template_version,
-            usage=reply.usage.as_dict(),
         )
+        return PreparedRequest(prompt, context)
 
     def recommend(
         self,
@@ -176,17 +255,34 @@ class RecommenderAgent:
 
         Raises ``UnknownUserError`` for a user with no events and ``ValueError`` for k < 1.
         """
+        candidates = self._candidates(user_id, k, query, exclude)
+        return self.rank_candidates(user_id, candidates, k=k, query=query, profile=profile)
+
+    def prepare_recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        query: str | None = None,
+        profile: BehaviorProfile | None = None,
+        exclude: tuple[str, ...] = (),
+    ) -> PreparedRequest:
+        """``recommend``'s prompt and reply context (retriever included, no network)."""
+        candidates = self._candidates(user_id, k, query, exclude)
+        return self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile)
+
+    def _candidates(
+        self, user_id: str, k: int, query: str | None, exclude: tuple[str, ...]
+    ) -> list[Candidate]:
         if k < 1:
             raise ValueError("k must be at least 1")
         self.histories.for_user(user_id)  # UnknownUserError before any work
-        candidates = self.retriever.candidates(
+        return self.retriever.candidates(
             user_id,
             n=max(self.config.n_candidates, k),
             query=query,
             exclude_consumed=self.config.exclude_consumed,
-            exclude=exclude,
+            exclude=(*exclude, *self._blocked(user_id)),
         )
-        return self.rank_candidates(user_id, candidates, k=k, query=query, profile=profile)
 
     def rank_candidates(
         self,
@@ -200,14 +296,55 @@ class RecommenderAgent:
 
         The model sees only these candidates (shuffled) and the user's history in this agent's
         log; items the model does not place are back-filled in the candidates' given order.
+        With a store, blocked items never reach the model nor the result, the latest stored
+        profile is used when ``profile`` is None, and the result is recorded as served.
         """
+        if self.store is None:
+            return self._rank(user_id, candidates, k, query, profile)
+        blocked = self._blocked(user_id)
+        profile, version = self._stored_profile(user_id, profile)
+        result = self._rank(user_id, [c for c in candidates if c.item_id not in blocked], k, query, profile)
+        kept = [r for r in result.items if r.item_id not in blocked]  # belt and braces
+        result.items = [r.model_copy(update={"rank": n}) for n, r in enumerate(kept, start=1)]
+        self.store.save_recommendation(ServedRecommendation.from_result(result, version))
+        return result
+
+    def _rank(
+        self,
+        user_id: str,
+        candidates: list[Candidate],
+        k: int,
+        query: str | None,
+        profile: BehaviorProfile | None,
+    ) -> RecommendationResult:
         if k < 1:
             raise ValueError("k must be at least 1")
-        user_events = self.histories.for_user(user_id)
-        history = consumed_items(user_events)
+        self.histories.for_user(user_id)
         rec_id = uuid.uuid4().hex
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
+        prepared = self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile)
+        try:
+            reply = self.client.complete(prepared.prompt, prepared.context.output_model())
+        except (errors.TransportError, errors.QuotaExceededError, errors.BudgetExceededError) as exc:
+            log.warning("model unavailable for a recommendation, using the retriever: %s", exc)
+            result = self._fallback(rec_id, user_id, candidates, k, f"{type(exc).__name__}: {exc}")
+            result.usage = getattr(exc, "usage", errors.Usage()).as_dict()  # budget errors carry none
+            return result
+        return interpret_ranking(prepared.context, reply, recommendation_id=rec_id)
+
+    def prepare_ranking(
+        self,
+        user_id: str,
+        candidates: list[Candidate],
+        k: int = 10,
+        query: str | None = None,
+        profile: BehaviorProfile | None = None,
+    ) -> PreparedRequest:
+        """``rank_candidates``'s prompt and reply context (no network)."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        user_events = self.histories.for_user(user_id)
         scrubber = self._scrubber()
         shown = shuffle_candidates([c.item_id for c in candidates], seed=f"{self.config.seed}:{user_id}")
         candidate_lines = [self.catalog.candidate_line(item_id, scrubber) for item_id in shown]
@@ -225,52 +362,83 @@ class RecommenderAgent:
             )
 
         prompt, kept = self._fit_prompt(user_events, build, scrubber)
-        history_ids = list(dict.fromkeys(line.item_id for line in kept if line.item_id))
-        try:
-            reply = self.client.complete(prompt, recommendations_model(shown, history_ids))
-        except (errors.TransportError, errors.QuotaExceededError, errors.BudgetExceededError) as exc:
-            log.warning("model unavailable for a recommendation, using the retriever: %s", exc)
-            result = self._fallback(rec_id, user_id, candidates, k, f"{type(exc).__name__}: {exc}")
-            result.usage = exc.usage.as_dict()
-            return result
-
-        grounded = ground(
-            reply.value, {c.item_id: self.catalog.title(c.item_id) for c in candidates}, history
-        )
-        by_id = {item.item_id: item for item in reply.value.items}
-        out: list[Recommendation] = []
-        for item_id in grounded.item_ids[:k]:
-            item = by_id.get(item_id)
-            out.append(
-                Recommendation(
-                    rank=len(out) + 1,
-                    item_id=item_id,
-                    title=self.catalog.title(item_id),
-                    score=float(item.score) if item else 0.0,
-                    reason=item.reason if item else grounded.reasons.get(item_id, ""),
-                    evidence=[str(e) for e in item.evidence] if item else [],
-                    source="llm",
-                )
-            )
-        from_model = len(out)
-        self._backfill(out, candidates, k, "retriever")
-        return RecommendationResult(
-            recommendation_id=rec_id,
+        context = ReplyContext(
+            task="recommend",
             user_id=user_id,
-            items=out,
-            candidates_considered=len(candidates),
-            grounding={
-                "invented_rate": grounded.rates["invented_rate"],
-                "duplicate_rate": grounded.rates["duplicate_rate"],
-                "history_rate": grounded.rates["history_rate"],
-                "backfilled": float(len(out) - from_model),
-            },
-            fallback_reason=None,
-            model=reply.model,
-            template_version=reply.template_version,
-            mode=reply.mode,
-            usage=reply.usage.as_dict(),
+            history_ids=list(dict.fromkeys(line.item_id for line in kept if line.item_id)),
+            events_total=len(user_events),
+            events_shown=len(kept),
+            shown=shown,
+            candidates=self._infos(candidates),
+            consumed=consumed_items(user_events),
+            k=k,
         )
+        return PreparedRequest(prompt, context)
+
+    # -- feedback loop (needs a store; see agent.feedback, agent.refine, agent.store) -----
+    def feedback(
+        self,
+        user_id: str,
+        item_id: str,
+        signal: str,
+        *,
+        value: float | None = None,
+        comment: str | None = None,
+        recommendation_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> StoredFeedback:
+        """Record one reaction (linked to the recommendation that showed the item if none is given).
+
+        Raises ``InvalidFeedbackError``, ``UnknownUserError``, ``UnknownItemError``,
+        ``UnknownRecommendationError``, or ``ConfigError`` without a store.
+        """
+        store = self._require_store("feedback")
+        fields = {"value": value, "comment": comment, "recommendation_id": recommendation_id}
+        event = make_event(user_id=user_id, item_id=item_id, signal=signal, timestamp=timestamp, **fields)
+        event = check_references(event, users=self.histories, items=self.catalog, recommendations=store)
+        return store.add_feedback(event)
+
+    def refine(self, user_id: str, *, force: bool = False) -> RefineResult:
+        """Refine the stored profile from new feedback; no model call without enough new evidence.
+
+        Builds (and saves) a first profile if the user has none yet. See ``Refiner.refine``.
+        """
+        store = self._require_store("refine")
+        self.histories.for_user(user_id)
+        refiner = Refiner(
+            store,
+            self._require_client("refine"),
+            self.renderer,
+            self._item_info,
+            self.refine_config,
+            self.config.domain,
+            self.config.scrub_personal_data,
+        )
+        return refiner.refine(user_id, force=force, first_profile=lambda: self.profile(user_id))
+
+    def _require_store(self, what: str) -> Store:
+        if self.store is None:
+            raise errors.ConfigError(
+                f"{what} needs a profile store: RecommenderAgent(..., store=open_store())"
+            )
+        return self.store
+
+    def _blocked(self, user_id: str) -> set[str]:
+        return set(self.store.blocked_items(user_id)) if self.store is not None else set()
+
+    def _stored_profile(
+        self, user_id: str, profile: BehaviorProfile | None
+    ) -> tuple[BehaviorProfile | None, int | None]:
+        latest = self.store.latest_profile(user_id) if self.store is not None else None
+        if latest is None:
+            return profile, None
+        if profile is None:
+            return latest.state.profile, latest.version
+        return profile, latest.version if profile == latest.state.profile else None
+
+    def _item_info(self, item_id: str) -> tuple[str | None, str | None, float | None]:
+        info = self.catalog.get(item_id)
+        return (info.title, info.category, info.price) if info else (None, None, None)
 
     # -- helpers -----------------------------------------------------------------------
     def _require_client(self, what: str) -> ChatClient:
@@ -279,37 +447,20 @@ class RecommenderAgent:
         return self.client
 
     def _retriever_reason(self, candidate: Candidate) -> str:
-        labels = {
-            "cooccurrence": "often chosen together with items in your history",
-            "popularity": "popular right now",
-            "content": "similar to items you engaged with",
-            "search": "matches what you searched for",
-        }
-        if not candidate.sources:
-            return "ranked by the retriever"
-        top = max(candidate.sources.items(), key=lambda kv: kv[1])[0]
-        return labels.get(top, f"retriever signal: {top}")
+        return retriever_reason(candidate.sources)
 
     def _backfill(
         self, out: list[Recommendation], candidates: list[Candidate], k: int, source: Source
     ) -> None:
-        taken = {r.item_id for r in out}
-        for candidate in candidates:
-            if len(out) >= k:
-                break
-            if candidate.item_id in taken:
-                continue
-            out.append(
-                Recommendation(
-                    rank=len(out) + 1,
-                    item_id=candidate.item_id,
-                    title=self.catalog.title(candidate.item_id),
-                    score=round(float(candidate.score), 4),
-                    reason=self._retriever_reason(candidate),
-                    evidence=[],
-                    source=source,
-                )
+        backfill(out, self._infos(candidates), k, source)
+
+    def _infos(self, candidates: list[Candidate]) -> list[CandidateInfo]:
+        return [
+            CandidateInfo(
+                item_id=c.item_id, title=self.catalog.title(c.item_id), score=c.score, sources=c.sources
             )
+            for c in candidates
+        ]
 
     def _fallback(
         self, rec_id: str, user_id: str, candidates: list[Candidate], k: int, why: str
@@ -327,4 +478,111 @@ class RecommenderAgent:
             template_version=None,
             mode=None,
             usage=errors.Usage().as_dict(),
+        )
+
+
+# -- interpreting replies (shared by the sync path, the batch runner and the Batch API) ----
+def interpret_reply(
+    context: ReplyContext, reply: StructuredReply[Any]
+) -> ProfileResult | RecommendationResult:
+    """The result for a validated reply to the request ``context`` describes."""
+    if context.task == "profile":
+        return interpret_profile(context, reply)
+    return interpret_ranking(context, reply)
+
+
+def interpret_profile(context: ReplyContext, reply: StructuredReply[Any]) -> ProfileResult:
+    """A ``ProfileResult`` from a validated profile reply."""
+    return ProfileResult(
+        user_id=context.user_id,
+        profile=BehaviorProfile.model_validate(reply.value.model_dump()),
+        events_total=context.events_total,
+        events_shown=context.events_shown,
+        model=reply.model,
+        template_version=reply.template_version,
+        usage=reply.usage.as_dict(),
+    )
+
+
+def interpret_ranking(
+    context: ReplyContext, reply: StructuredReply[Any], *, recommendation_id: str | None = None
+) -> RecommendationResult:
+    """Ground a validated ranking in the candidates and back-fill to ``context.k`` items.
+
+    Ids outside the candidates, duplicates and consumed items are dropped and counted;
+    missing slots are filled in the retriever's order (``source="retriever"``).
+    """
+    k = context.k
+    titles = {c.item_id: c.title for c in context.candidates}
+    grounded = ground(reply.value, titles, context.consumed)
+    by_id = {item.item_id: item for item in reply.value.items}
+    out: list[Recommendation] = []
+    for item_id in grounded.item_ids[:k]:
+        item = by_id.get(item_id)
+        out.append(
+            Recommendation(
+                rank=len(out) + 1,
+                item_id=item_id,
+                title=titles.get(item_id, item_id),
+                score=float(item.score) if item else 0.0,
+                reason=item.reason if item else grounded.reasons.get(item_id, ""),
+                evidence=[str(e) for e in item.evidence] if item else [],
+                source="llm",
+            )
+        )
+    from_model = len(out)
+    backfill(out, context.candidates, k, "retriever")
+    return RecommendationResult(
+        recommendation_id=recommendation_id or uuid.uuid4().hex,
+        user_id=context.user_id,
+        items=out,
+        candidates_considered=len(context.candidates),
+        grounding={
+            "invented_rate": grounded.rates["invented_rate"],
+            "duplicate_rate": grounded.rates["duplicate_rate"],
+            "history_rate": grounded.rates["history_rate"],
+            "backfilled": float(len(out) - from_model),
+        },
+        fallback_reason=None,
+        model=reply.model,
+        template_version=reply.template_version,
+        mode=reply.mode,
+        usage=reply.usage.as_dict(),
+    )
+
+
+_REASON_LABELS = {
+    "cooccurrence": "often chosen together with items in your history",
+    "popularity": "popular right now",
+    "content": "similar to items you engaged with",
+    "search": "matches what you searched for",
+}
+
+
+def retriever_reason(sources: dict[str, float]) -> str:
+    """Why the retriever proposed an item, from its strongest source."""
+    if not sources:
+        return "ranked by the retriever"
+    top = max(sources.items(), key=lambda kv: kv[1])[0]
+    return _REASON_LABELS.get(top, f"retriever signal: {top}")
+
+
+def backfill(out: list[Recommendation], candidates: list[CandidateInfo], k: int, source: Source) -> None:
+    """Append candidates not in ``out`` (in the given order) until ``out`` has ``k`` items."""
+    taken = {r.item_id for r in out}
+    for candidate in candidates:
+        if len(out) >= k:
+            break
+        if candidate.item_id in taken:
+            continue
+        out.append(
+            Recommendation(
+                rank=len(out) + 1,
+                item_id=candidate.item_id,
+                title=candidate.title,
+                score=round(float(candidate.score), 4),
+                reason=retriever_reason(candidate.sources),
+                evidence=[],
+                source=source,
+            )
         )

@@ -5,7 +5,8 @@ No model API is reachable where this project is built and tested, so the recordi
 the data blocks of recagent's own prompts (history, candidates, request) and answers in the
 shape a GPT-4-class model gives: a profile built from category/behavior counts and prices, a
 ranking by category affinity, recency, price fit and query words, with reasons that cite
-history items. It is NOT a recommender to measure: any quality number from it is meaningless.
+history items; and for refine prompts a profile delta from the net reaction per category.
+It is NOT a recommender to measure: any quality number from it is meaningless.
 """
 
 from __future__ import annotations
@@ -158,11 +159,103 @@ def recommend_reply(
     return {"items": items}
 
 
+_SIGNAL_STRENGTH = {"like": 1.0, "purchase": 1.0, "rating": 1.0, "dislike": 1.0, "not_interested": 1.0}
+_SIGNAL_STRENGTH.update({"cart": 0.5, "click": 0.2, "skip": 0.05, "comment": 0.6})
+_EXPLICIT = ("like", "dislike", "rating", "not_interested", "comment", "purchase")
+_NEGATIVE_CUES = ("not ", "n't", "too ", "hate", "boring", "never", "no more", "less ", "rather not")
+_POSITIVE_CUES = ("love", "great", "more like", "perfect", "excellent", "nice", "want more")
+
+
+def _reaction_sign(reaction: dict[str, Any]) -> int:
+    signal, value = reaction["signal"], reaction.get("value")
+    if signal == "comment":
+        text = f" {(reaction.get('comment') or '').lower()} "
+        if any(cue in text for cue in _NEGATIVE_CUES):
+            return -1
+        return 1 if any(cue in text for cue in _POSITIVE_CUES) else 0
+    if signal == "rating":
+        return 1 if (value or 3) >= 4 else (-1 if (value or 3) <= 2 else 0)
+    return -1 if signal in ("dislike", "not_interested", "skip") else 1
+
+
+def _kind(title: str | None) -> str | None:
+    """The kind of product a title names ("Rivet & Rail: Strategy Board Game for 1-4 Players"
+    -> "strategy board games"): the last three words before " for "/" by ", after any colon."""
+    if not title:
+        return None
+    core = re.split(r" (?:for|by|with) ", title.split(":")[-1])[0]
+    words = re.findall(r"(?<![\w'-])[A-Za-z][A-Za-z'-]*", core)
+    return (" ".join(words[-3:]).lower() + "s") if len(words) >= 2 else None
+
+
+def refine_reply(profile: dict[str, Any], reactions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A profile delta, following the refine prompt's rules: a category interest moves only when
+    all its reactions agree; an explicit positive reaction adds the product kind as an interest,
+    an explicit negative one makes the kind a dislike; a kind with both is left alone."""
+    existing = {i["name"].lower(): i["name"] for i in profile.get("interests", [])}
+    disliked = {d["name"].lower() for d in profile.get("dislikes", [])}
+    themes: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    kinds: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    for reaction in reactions:
+        sign = _reaction_sign(reaction)
+        if sign and reaction.get("category"):
+            themes[reaction["category"].lower()].append((sign, reaction))
+        kind = _kind(reaction.get("title"))
+        if sign and kind and reaction["signal"] in _EXPLICIT:
+            kinds[kind].append((sign, reaction))
+    interests: list[dict[str, Any]] = []
+    dislikes: list[dict[str, Any]] = []
+    for theme, pairs in themes.items():
+        signs = {sign for sign, _ in pairs}
+        weight = sum(_SIGNAL_STRENGTH.get(r["signal"], 0.2) for _, r in pairs)
+        if theme not in existing or len(signs) > 1 or weight < 0.15:
+            continue  # mixed reactions: one negative does not outweigh the rest
+        action = "strengthen" if 1 in signs else "weaken"
+        signals = ", ".join(sorted({r["signal"].replace("_", " ") for _, r in pairs}))
+        interests.append(
+            {
+                "name": existing[theme],
+                "action": action,
+                "amount": round(min(0.3, 0.1 * weight), 2),
+                "evidence": [r["id"] for _, r in pairs],
+                "rationale": f"Every reaction to {theme} was {'positive' if action == 'strengthen' else 'negative'} ({signals}).",
+            }
+        )
+    liked, avoided = [], []
+    for kind, pairs in kinds.items():
+        signs = {sign for sign, _ in pairs}
+        ids = [r["id"] for _, r in pairs]
+        titles = " and ".join(sorted({r.get("title") or r["item_id"] for _, r in pairs}))
+        if signs == {1} and kind not in existing:
+            liked.append(kind)
+            interests.append(
+                {
+                    "name": kind,
+                    "action": "add",
+                    "amount": round(min(0.5, 0.3 + 0.1 * len(pairs)), 2),
+                    "evidence": ids,
+                    "rationale": f"Reacted positively to {titles}.",
+                }
+            )
+        elif signs == {-1} and kind not in disliked:
+            avoided.append(kind)
+            how = ", ".join(sorted({r["signal"].replace("_", " ") for _, r in pairs}))
+            dislikes.append({"name": kind, "evidence": ids, "rationale": f"Rejected {titles} ({how})."})
+    summary = None
+    if liked or avoided:
+        summary = str(profile.get("summary", "")).strip()
+        summary += f" Their feedback asks for more {' and '.join(liked)}." if liked else ""
+        summary += f" They do not want {' or '.join(avoided)}." if avoided else ""
+    return {"interests": interests, "dislikes": dislikes, "summary": summary}
+
+
 def respond(body: dict[str, Any]) -> str:
     """Answer one chat.completions request body with JSON text, like a model would."""
     user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
     blocks = parse_blocks(user)
     history = blocks.get("history", [])
+    if "reactions" in blocks:
+        return json.dumps(refine_reply((blocks.get("profile") or [{}])[0] or {}, blocks["reactions"]))
     if "candidates" in blocks:
         k_match = re.search(r"best (\d+) of", user)
         k = int(k_match.group(1)) if k_match else 10

@@ -175,5 +175,7 @@ class PriceTable:
                 log.warning("no price known for model %r; its cost is counted as 0", model)
             return 0.0
         uncached = max(prompt_tokens - cached_tokens, 0)
-        usd = (uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output) / 1e6
+        usd = (
+            uncached * price.input + cached_tokens * price.cached_input + completion_tokens * price.output
+        ) / 1e6
         return usd * (BATCH_DISCOUNT if batch else 1.0)

@@ -14,12 +14,19 @@ from agent.standin_model import respond
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "fixtures" / "sample"
 DATASETS = ROOT.parent / "shared" / "datasets"
+pytest_plugins = ["tests.privacy_guard"]
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees a real key, base URL or the developer's settings."""
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RECAGENT_MODEL", "RECAGENT_TEMPLATES", "RECAGENT_PRICES"):
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "RECAGENT_MODEL",
+        "RECAGENT_TEMPLATES",
+        "RECAGENT_PRICES",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RECAGENT_DB", str(tmp_path / "recagent.sqlite"))
 

@@ -18,7 +18,16 @@ def test_sample_events_load_in_canonical_form() -> None:
     assert list(frame.columns) == ["user_id", "item_id", "behavior", "timestamp", "value", "text"]
     assert str(frame["timestamp"].dtype) == "datetime64[ns, UTC]"
     assert frame["timestamp"].is_monotonic_increasing
-    assert set(frame["behavior"]) >= {"view", "click", "cart", "purchase", "rating", "search", "like", "dislike"}
+    assert set(frame["behavior"]) >= {
+        "view",
+        "click",
+        "cart",
+        "purchase",
+        "rating",
+        "search",
+        "like",
+        "dislike",
+    }
     assert loaded.report.rows_dropped == 0
     assert loaded.report.rows_kept == loaded.report.rows_read == len(frame)
 
@@ -88,12 +97,18 @@ def test_column_aliases_are_renamed_and_reported(tmp_path: Path) -> None:
         ("events.csv", b"", "empty"),
         ("events.csv", b"user_id,item_id,behavior,timestamp\n", "no data rows"),
         ("events.xlsx", b"whatever", "unknown file type"),
-        ("events.csv", "user_id,item_id,behavior,timestamp\nü,A,view,2026-01-01\n".encode("latin-1"), "not valid utf-8"),
+        (
+            "events.csv",
+            "user_id,item_id,behavior,timestamp\nü,A,view,2026-01-01\n".encode("latin-1"),
+            "not valid utf-8",
+        ),
         ("events.jsonl", b'{"user_id": "u1", \n', "cannot parse"),
         ("events.csv", b"user_id,item_id,behavior,timestamp\nu1,A,view,never\n", "no usable events"),
     ],
 )
-def test_bad_files_raise_data_error_naming_the_file(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+def test_bad_files_raise_data_error_naming_the_file(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError) as info:
@@ -134,7 +149,9 @@ def test_catalog_mismatch_is_an_error_but_a_few_unknown_items_are_a_reported_rep
 
 def test_items_clean_duplicates_and_bad_prices(tmp_path: Path) -> None:
     path = tmp_path / "items.csv"
-    path.write_text("item_id,title,price,color\nA,Tent,12.5,red\nA,Tent again,1,blue\nB,,cheap,green\nC,Stove,-3,grey\n")
+    path.write_text(
+        "item_id,title,price,color\nA,Tent,12.5,red\nA,Tent again,1,blue\nB,,cheap,green\nC,Stove,-3,grey\n"
+    )
     loaded = load_items(path)
     frame = loaded.frame
     assert frame["item_id"].tolist() == ["A", "B", "C"]

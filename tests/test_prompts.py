@@ -13,8 +13,15 @@ from agent.standin_model import parse_blocks
 
 def _line(n: int, title: str, text: str | None = None) -> HistoryLine:
     return HistoryLine(
-        n=n, date="2026-10-01", behavior="purchase", item_id=f"SKU-{n}", title=title,
-        category="Camping", price=99.0, value=None, text=text,
+        n=n,
+        date="2026-10-01",
+        behavior="purchase",
+        item_id=f"SKU-{n}",
+        title=title,
+        category="Camping",
+        price=99.0,
+        value=None,
+        text=text,
     )
 
 
@@ -23,7 +30,11 @@ def _recommend_inputs(title: str = "Alpenglow Tent") -> RecommendInputs:
         profile=None,
         history=[_line(1, "Old Stove"), _line(2, title)],
         total_events=2,
-        candidates=[CandidateLine(item_id="SKU-9", title="Trail Lamp", category="Camping", price=20.0, description=None)],
+        candidates=[
+            CandidateLine(
+                item_id="SKU-9", title="Trail Lamp", category="Camping", price=20.0, description=None
+            )
+        ],
         k=1,
         query="light tent",
     )
@@ -62,7 +73,9 @@ def test_version_changes_when_a_template_changes(tmp_path: Path) -> None:
 
 
 def test_missing_variable_fails_loudly(tmp_path: Path) -> None:
-    (tmp_path / "profile.j2").write_text("{% macro system() %}{{ nope }}{% endmacro %}{% macro user() %}x{% endmacro %}")
+    (tmp_path / "profile.j2").write_text(
+        "{% macro system() %}{{ nope }}{% endmacro %}{% macro user() %}x{% endmacro %}"
+    )
     inputs = ProfileInputs(behaviors=[], history=[], total_events=0)
     with pytest.raises(TemplateError, match="nope"):
         PromptRenderer(tmp_path).render("profile", inputs)
