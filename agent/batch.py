@@ -24,6 +24,7 @@ keeps every outcome in the directory's ``Ledger``. Promises:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ import httpx2
 
 from agent import errors
 from agent.ledger import FAILURES_FILE, RESULTS_FILE, Ledger
+from agent.privacy import Pseudonymizer
 from agent.llm import LLMConfig, build_request_body
 from agent.llm_async import AsyncChatClient
 from agent.ratelimit import BudgetGate, RateLimiter
@@ -57,10 +59,19 @@ TYPICAL_COMPLETION_TOKENS = {"profile": 350, "recommend_per_item": 45}
 def custom_id(
     user_id: str, task: str, template_version: str, model: str, params: Mapping[str, Any], body: Any
 ) -> str:
-    """The request's key: equal inputs give equal keys, any change gives a new one."""
+    """The request's key: equal inputs give equal keys, any change gives a new one.
+
+    The key leaves the machine (header, Batch API ``custom_id``), so the user enters it only
+    as a keyed pseudonym: an unkeyed hash of a guessable id could be reversed by enumeration.
+    """
     fingerprint = hashlib.sha256(_canonical(body).encode()).hexdigest()
-    key = _canonical([user_id, task, template_version, model, dict(params), fingerprint])
+    key = _canonical([_pseudonymizer().pseudonym(user_id), task, template_version, model, dict(params), fingerprint])
     return "rq-" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+@functools.lru_cache(maxsize=1)
+def _pseudonymizer() -> Pseudonymizer:
+    return Pseudonymizer()
 
 
 def _canonical(value: Any) -> str:

@@ -282,6 +282,7 @@ def clean_items(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
         frame[column] = frame[column].where(frame[column].notna(), None)
     if "price" in frame.columns:
         price = pd.to_numeric(frame["price"], errors="coerce").astype("float64")
+        price = price.where(~np.isinf(price))  # "inf" parses as a number but is no price
         bad = frame["price"].notna() & price.isna()
         report.repair("bad_price_set_to_null", frame.index[bad.to_numpy()])
         negative = price < 0

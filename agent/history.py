@@ -69,7 +69,7 @@ class Catalog:
         description = info.description[:description_chars] if info.description else None
         return CandidateLine(
             item_id=item_id,
-            title=info.title,
+            title=_clip(info.title, MAX_TITLE_CHARS) or item_id,
             category=info.category,
             price=info.price,
             description=scrubber.scrub(description),
@@ -92,23 +92,38 @@ def keep_priority(user_events: pd.DataFrame, keep_recent: int = 5) -> list[int]:
     return [int(i) for i in order]
 
 
+MAX_TITLE_CHARS = 200
+MAX_TEXT_CHARS = 500
+"""One huge field must not push a whole history out of the prompt budget."""
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 def history_lines(user_events: pd.DataFrame, catalog: Catalog, scrubber: Scrubber) -> list[HistoryLine]:
     """All of a user's events as prompt lines, numbered 1..n in time order."""
+    dates: list[str] = user_events["timestamp"].dt.strftime("%Y-%m-%d").tolist()
+    items: list[str] = user_events["item_id"].astype(str).tolist()
+    behaviors: list[str] = user_events["behavior"].astype(str).tolist()
+    values: list[float] = user_events["value"].astype(float).tolist()
+    texts: list[object] = user_events["text"].tolist()
     lines: list[HistoryLine] = []
-    for n, row in enumerate(user_events.itertuples(index=False), start=1):
-        info = catalog.get(row.item_id) if row.item_id else None
-        value = None if pd.isna(row.value) else float(row.value)
+    for n, (date, item_id, behavior, value, text) in enumerate(
+        zip(dates, items, behaviors, values, texts, strict=True), start=1
+    ):
+        info = catalog.get(item_id) if item_id else None
         lines.append(
             HistoryLine(
                 n=n,
-                date=row.timestamp.strftime("%Y-%m-%d"),
-                behavior=str(row.behavior),
-                item_id=row.item_id or None,
-                title=info.title if info else None,
+                date=date,
+                behavior=behavior,
+                item_id=item_id or None,
+                title=_clip(info.title, MAX_TITLE_CHARS) if info else None,
                 category=info.category if info else None,
                 price=info.price if info else None,
-                value=value,
-                text=scrubber.scrub(row.text) if isinstance(row.text, str) else None,
+                value=None if value != value else value,  # NaN -> None
+                text=_clip(scrubber.scrub(text), MAX_TEXT_CHARS) if isinstance(text, str) else None,
             )
         )
     return lines

@@ -198,11 +198,16 @@ def map_transport_error(
     return None
 
 
+_SECRET = re.compile(r"(?:sk-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}")
+
+
 def _map_status_error(
     exc: openai.APIStatusError, attempts: int, usage: Usage, template: str
 ) -> errors.ModelError:
     status, code = exc.status_code, _error_code(exc)
-    detail = f"HTTP {status}{f' {code}' if code else ''}: {exc.message}"
+    # Servers echo bad keys in their messages ("Incorrect API key provided: sk-..."); never pass them on.
+    message = _SECRET.sub("[redacted]", exc.message)
+    detail = f"HTTP {status}{f' {code}' if code else ''}: {message}"
     kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
     if status == 429 and code == "insufficient_quota":
         return errors.QuotaExceededError(f"account out of quota, not retried ({detail})", **kwargs)

@@ -361,6 +361,7 @@ class _IPv6Server(_HTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # without it every response waits ~40 ms for a delayed ACK
     protocol_version = "HTTP/1.1"
     server_version = "recagent-loopback/1.0"
 

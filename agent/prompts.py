@@ -151,7 +151,7 @@ class PromptRenderer:
             ) from exc
         except AttributeError as exc:
             raise TemplateError(f"template {name!r} must define macros system() and user()") from exc
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:  # sandbox limits, too
             raise TemplateError(f"template {name!r} failed to render: {exc}") from exc
         return RenderedPrompt(
             name=name,

@@ -323,6 +323,8 @@ class RecommenderAgent:
         rec_id = uuid.uuid4().hex
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
+        if not candidates:  # e.g. the user consumed the whole catalog: nothing to ask the model
+            return self._fallback(rec_id, user_id, candidates, k, "no candidates left to rank")
         prepared = self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile)
         try:
             reply = self.client.complete(prepared.prompt, prepared.context.output_model())

@@ -85,11 +85,11 @@ def profile_reply(history: list[dict[str, Any]]) -> dict[str, Any]:
         low, high = round(min(paid), 2), round(max(paid), 2)
     else:
         sensitivity, low, high = "unknown", None, None
-    recent = [e.get("category") for e in history[-8:] if e.get("category")]
+    recent = [str(e["category"]) for e in history[-8:] if e.get("category")]
     recent_focus = Counter(recent).most_common(1)[0][0].lower() if recent else None
     searches = [e["text"] for e in history if e["behavior"] == "search" and e.get("text")]
     exploration = "focused" if len(positive) <= 2 else ("mixed" if len(positive) <= 4 else "exploratory")
-    names = [i["name"] for i in interests[:2]] or ["a range of products"]
+    names = [str(i["name"]) for i in interests[:2]] or ["a range of products"]
     summary = f"Mostly engaged with {' and '.join(names)}"
     summary += f", buying in the {low:g}-{high:g} range." if paid else ", without many purchases yet."
     if searches:
@@ -119,7 +119,7 @@ def recommend_reply(
     titles = {e.get("item_id"): e.get("title") for e in history}
     scored = []
     for cand in candidates:
-        category = cand.get("category")
+        category: str = cand.get("category") or ""
         score = 0.15 + 0.6 * max(affinity.get(category, 0.0), 0.0) / top
         if typical and cand.get("price"):
             score += 0.15 * math.exp(-abs(math.log(cand["price"] / typical)))
@@ -130,7 +130,7 @@ def recommend_reply(
     scored.sort(key=lambda pair: (-pair[0], pair[1]["item_id"]))
     items = []
     for position, (score, cand) in enumerate(scored[:k]):
-        category = cand.get("category")
+        category = cand.get("category") or ""
         pool = evidence.get(category, [])
         cited = pool[position % len(pool) :][:1] + pool[: position % len(pool)][:1] if pool else []
         price_note = ""

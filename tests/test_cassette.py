@@ -27,7 +27,9 @@ PROMPT = RenderedPrompt(
 def test_record_then_replay_without_the_server(standin_server: LoopbackServer, tmp_path: Path) -> None:
     path = tmp_path / "cassette.json"
     config = LLMConfig(base_url=standin_server.base_url, api_key="sk-super-secret")
-    with ChatClient(config, http_client=httpx2.Client(transport=RecordingTransport(Cassette(path)))) as recorder:
+    with ChatClient(
+        config, http_client=httpx2.Client(transport=RecordingTransport(Cassette(path)))
+    ) as recorder:
         recorded = recorder.complete(PROMPT, BehaviorProfile)
     text = path.read_text()
     assert "sk-super-secret" not in text and "authorization" not in text.lower()
@@ -46,11 +48,15 @@ def test_edited_prompt_misses_the_cassette_with_a_clear_error(
 ) -> None:
     path = tmp_path / "cassette.json"
     config = LLMConfig(base_url=standin_server.base_url, api_key="k")
-    with ChatClient(config, http_client=httpx2.Client(transport=RecordingTransport(Cassette(path)))) as recorder:
+    with ChatClient(
+        config, http_client=httpx2.Client(transport=RecordingTransport(Cassette(path)))
+    ) as recorder:
         recorder.complete(PROMPT, BehaviorProfile)
     edited = RenderedPrompt(name="profile", version="profile@def", messages=PROMPT.messages)
     with (
-        ChatClient(LLMConfig(), http_client=httpx2.Client(transport=ReplayTransport(Cassette(path)))) as replayer,
+        ChatClient(
+            LLMConfig(), http_client=httpx2.Client(transport=ReplayTransport(Cassette(path)))
+        ) as replayer,
         pytest.raises(errors.CassetteMissError, match="profile@def"),
     ):
         replayer.complete(edited, BehaviorProfile)

@@ -204,13 +204,6 @@ def test_hostile_text_stays_escaped_data(
     assert all("<" not in line and ">" not in line for line in recent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: prompts render the behavior name raw outside the data blocks (profile.j2: "
-    "'behavior ({{ behaviors|join(', ') }})'; _base.j2: '#N: {{ history[-1].behavior }} of'), and the "
-    "loaders keep any behavior string; fix: render them with |tojson (or drop behaviors that are not "
-    "[a-z0-9_-]{1,32} as 'bad_behavior' in agent/data.py clean_events)",
-)
 @pytest.mark.parametrize("op", ["profile", "recommend"])
 def test_hostile_behavior_name_stays_escaped_data(
     op: str,

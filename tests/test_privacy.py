@@ -378,12 +378,6 @@ def test_no_key_in_logs_even_at_debug(
     assert SECRET not in str(info.value) and SECRET[-6:] not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/llm.py _map_status_error copies the server's error message verbatim, so a server "
-    "or proxy that echoes the API key puts it into the error (CLI stderr, logs, failures.jsonl); fix: "
-    "replace config.api_key (and anything matching sk-[A-Za-z0-9_-]{8,}) with 'sk-…' in the detail",
-)
 def test_a_key_echoed_by_the_server_never_reaches_the_error_message(
     planted: PlantedData, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -423,12 +417,6 @@ def test_user_templates_cannot_escape_the_sandbox(tmp_path: Path, attack: str) -
     assert "subclasses" not in system and "<class" not in system
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/prompts.py PromptRenderer.render catches only jinja2.TemplateError, so a user "
-    "template the sandbox stops with OverflowError (range(10**9)) crashes untyped (CLI traceback); "
-    "fix: also catch OverflowError (and jinja2.sandbox.SecurityError's siblings) as TemplateError",
-)
 def test_sandbox_limits_in_user_templates_are_template_errors(tmp_path: Path) -> None:
     (tmp_path / "profile.j2").write_text(
         "{% macro system() %}{% for i in range(10**9) %}{% endfor %}{% endmacro %}{% macro user() %}x{% endmacro %}"
@@ -439,13 +427,6 @@ def test_sandbox_limits_in_user_templates_are_template_errors(tmp_path: Path) ->
 
 
 # -- the batch runner's request key ---------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/batch.py custom_id is an unkeyed sha256 of (user id, task, template, model, params, "
-    "body); the provider sees everything but the user id (body, X-Recagent-Template, model, default params) "
-    "and recovers guessable ids by enumeration; fix: hash Pseudonymizer().pseudonym(user_id) instead of "
-    "user_id (or HMAC the key with the pseudonym key)",
-)
 def test_batch_custom_id_does_not_reveal_the_user_to_the_provider(
     planted: PlantedData, tmp_path: Path
 ) -> None:
