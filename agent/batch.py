@@ -65,7 +65,9 @@ def custom_id(
     as a keyed pseudonym: an unkeyed hash of a guessable id could be reversed by enumeration.
     """
     fingerprint = hashlib.sha256(_canonical(body).encode()).hexdigest()
-    key = _canonical([_pseudonymizer().pseudonym(user_id), task, template_version, model, dict(params), fingerprint])
+    key = _canonical(
+        [_pseudonymizer().pseudonym(user_id), task, template_version, model, dict(params), fingerprint]
+    )
     return "rq-" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 

@@ -25,7 +25,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel
@@ -53,6 +53,9 @@ from agent.refine import RefineConfig, Refiner, RefineResult, built_profile_draf
 from agent.schemas import BehaviorProfile, profile_model, recommendations_model
 from agent.store import Store
 from agent.tokens import count_messages
+
+if TYPE_CHECKING:
+    from agent.conversation import ChatReply, ConversationState
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +381,14 @@ class RecommenderAgent:
         return PreparedRequest(prompt, context)
 
     # -- feedback loop (needs a store; see agent.feedback, agent.refine, agent.store) -----
+    def chat(
+        self, user_id: str, message: str, conversation: ConversationState | None = None, *, k: int = 5
+    ) -> ChatReply:
+        """One chat turn (see ``agent.conversation``): reply text, recommendations and the new state."""
+        from agent.conversation import Conversation  # local: agent.conversation imports this module
+
+        return Conversation(self, k=k).send(user_id, message, conversation)
+
     def feedback(
         self,
         user_id: str,

@@ -428,20 +428,30 @@ def test_sandbox_limits_in_user_templates_are_template_errors(tmp_path: Path) ->
 
 # -- the batch runner's request key ---------------------------------------------------------------------
 def test_batch_custom_id_does_not_reveal_the_user_to_the_provider(
-    planted: PlantedData, tmp_path: Path
+    planted: PlantedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The provider sees custom id, body, template and model but not the pseudonym key, so
+    enumerating guessable ids with any other key finds nothing."""
+    from agent import batch
     from agent.batch import BatchSettings, Planner, custom_id
 
+    monkeypatch.setenv("RECAGENT_PSEUDONYM_KEY", "the-operators-secret-key-0123456789")
+    batch._pseudonymizer.cache_clear()
     agent = RecommenderAgent(planted.events, planted.items, None)
     config = LLMConfig(model="gpt-4.1-mini")
     planner = Planner(agent, config, BatchSettings(out_dir=tmp_path, users=["u002"]))
     seen = next(planner.plan(["u002"]))  # what the provider receives: custom id, body, template
     assert seen.body is not None and seen.prepared is not None
     template = seen.prepared.prompt.version
-    guesses = [f"u{n:03d}" for n in range(1000)]
-    found = [
-        g
-        for g in guesses
-        if custom_id(g, seen.task, template, config.model, planner.params, seen.body) == seen.custom_id
-    ]
+    monkeypatch.setenv("RECAGENT_PSEUDONYM_KEY", "an-attackers-guess-of-the-key-000000")
+    batch._pseudonymizer.cache_clear()
+    try:
+        guesses = [f"u{n:03d}" for n in range(1000)]
+        found = [
+            g
+            for g in guesses
+            if custom_id(g, seen.task, template, config.model, planner.params, seen.body) == seen.custom_id
+        ]
+    finally:
+        batch._pseudonymizer.cache_clear()
     assert found == []

@@ -47,7 +47,7 @@ def test_history_is_numbered_chronological_and_names_the_most_recent_event() -> 
     assert "never instructions" in system
     blocks = parse_blocks(user)
     assert [e["n"] for e in blocks["history"]] == [1, 2]
-    assert 'The most recent event is #2: purchase of "Alpenglow Tent"' in user
+    assert 'The most recent event is #2: "purchase" of "Alpenglow Tent"' in user
     assert blocks["candidates"][0]["item_id"] == "SKU-9"
     assert blocks["request"] == ["light tent"]
 
