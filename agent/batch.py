@@ -38,9 +38,9 @@ import httpx2
 
 from agent import errors
 from agent.ledger import FAILURES_FILE, RESULTS_FILE, Ledger
-from agent.privacy import Pseudonymizer
 from agent.llm import LLMConfig, build_request_body
 from agent.llm_async import AsyncChatClient
+from agent.privacy import Pseudonymizer
 from agent.ratelimit import BudgetGate, RateLimiter
 from agent.recommender import PreparedRequest, RecommenderAgent, interpret_reply
 from agent.tokens import PriceTable, count_messages
