@@ -188,14 +188,26 @@ def _parse_timestamps(raw: pd.Series) -> pd.Series:
         # Epoch milliseconds are > 1e11 for any date after 1973; seconds are below that until 5138.
         unit_ms = values > 1e11
         seconds = values.where(~unit_ms, values / 1000.0)
-        out[is_epoch] = pd.to_datetime(seconds, unit="s", utc=True, errors="coerce")
+        seconds = seconds.where(seconds.abs() < _NS_LIMIT_S)
+        out[is_epoch] = _ns_range(pd.to_datetime(seconds, unit="s", utc=True, errors="coerce"))
     rest = ~is_epoch & text.notna()
     if rest.any():
-        out[rest] = pd.to_datetime(text[rest], utc=True, errors="coerce", format="ISO8601")
+        out[rest] = _ns_range(pd.to_datetime(text[rest], utc=True, errors="coerce", format="ISO8601"))
         still = rest & out.isna()
         if still.any():  # other unambiguous formats ("2026-09-14 10:32", "Sep 14 2026")
-            out[still] = pd.to_datetime(text[still], utc=True, errors="coerce", format="mixed")
+            out[still] = _ns_range(pd.to_datetime(text[still], utc=True, errors="coerce", format="mixed"))
     return out
+
+
+# Nanosecond timestamps span 1677-09-21 .. 2262-04-11; sentinels such as 9999-12-31 fall outside.
+_NS_MIN = pd.Timestamp("1678-01-01", tz="UTC")
+_NS_MAX = pd.Timestamp("2262-01-01", tz="UTC")
+_NS_LIMIT_S = 9.2e9
+
+
+def _ns_range(parsed: pd.Series) -> pd.Series:
+    """Dates outside the nanosecond range become NaT (then a counted ``bad_timestamp`` drop)."""
+    return parsed.where((parsed >= _NS_MIN) & (parsed < _NS_MAX)).astype("datetime64[ns, UTC]")
 
 
 def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:

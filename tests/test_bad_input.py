@@ -225,12 +225,6 @@ def test_integer_json_ids_next_to_a_null_stay_integers(tmp_path: Path) -> None:
     assert loaded.frame["item_id"].tolist() == ["7", ""]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/data.py _parse_timestamps: a date outside pandas' ns range (sentinels such as "
-    "9999-12-31 or 0001-01-01) raises pandas OutOfBoundsDatetime (CLI traceback) instead of a "
-    "bad_timestamp drop; fix: parse, then .where() the years 1678-2261 before assigning into the ns series",
-)
 @pytest.mark.parametrize("stamp", [b"9999-12-31", b"0001-01-01", b"-5"])
 def test_sentinel_dates_are_dropped_as_bad_timestamps(tmp_path: Path, stamp: bytes) -> None:
     content = HEADER + b"u1,A,view,2026-01-01,,\nu1,B,view," + stamp + b",,\n"
