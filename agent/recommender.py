@@ -38,7 +38,7 @@ from agent.feedback import ServedRecommendation, StoredFeedback, check_reference
 from agent.grounding import ground
 from agent.history import Catalog, consumed_items, fit_history, history_lines
 from agent.llm import DEFAULT_MODEL, ChatClient, StructuredReply
-from agent.position_bias import shuffle_candidates
+from agent.position_bias import input_order_copy_rate, shuffle_candidates
 from agent.privacy import Scrubber
 from agent.prompts import (
     Domain,
@@ -555,6 +555,11 @@ def interpret_ranking(
             "duplicate_rate": grounded.rates["duplicate_rate"],
             "history_rate": grounded.rates["history_rate"],
             "backfilled": float(len(out) - from_model),
+            # How much the model's order just copies the (shuffled) order it was shown: a
+            # high rate means position bias, not judgement (1.0 = a prefix of the input).
+            "input_order_copy_rate": input_order_copy_rate(context.shown, grounded.item_ids)
+            if context.shown
+            else 0.5,
         },
         fallback_reason=None,
         model=reply.model,

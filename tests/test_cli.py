@@ -117,3 +117,12 @@ def test_console_script_is_installed_and_errors_without_traceback(tmp_path: Path
     assert proc.stderr.strip().splitlines() == [
         f"recagent: error: missing required column (found: user_id, item_id) (file {bad}, column 'behavior')"
     ]
+
+
+def test_results_report_how_much_the_model_copied_the_input_order(
+    standin_server: LoopbackServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["recommend", *DATA, "--user", "u004", "-k", "5", "--base-url", standin_server.base_url]
+    assert main(args) == 0
+    rate = json.loads(capsys.readouterr().out)["grounding"]["input_order_copy_rate"]
+    assert 0.0 <= rate <= 1.0
