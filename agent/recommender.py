@@ -254,9 +254,13 @@ class RecommenderAgent:
         profile: BehaviorProfile | None = None,
         exclude: tuple[str, ...] = (),
     ) -> RecommendationResult:
-        """Top-``k`` grounded recommendations; never raises for model failures (falls back).
+        """Top-``k`` grounded recommendations.
 
-        Raises ``UnknownUserError`` for a user with no events and ``ValueError`` for k < 1.
+        When the model is unavailable (transport failure after retries, quota, budget) this
+        falls back to the retriever's order with ``fallback_reason`` set. Other model failures
+        (auth, bad request, refusal, truncated or still-invalid reply) raise their
+        ``ModelError``. Raises ``UnknownUserError`` for a user with no events and
+        ``ValueError`` for k < 1.
         """
         candidates = self._candidates(user_id, k, query, exclude)
         return self.rank_candidates(user_id, candidates, k=k, query=query, profile=profile)
