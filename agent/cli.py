@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from agent import cli_feedback  # the feedback loop's options (its commands register below)
+    from agent import cli_feedback, cli_fusion  # shared options (their commands register below)
 
     profile = sub.add_parser(
         "profile", help="build one user's profile, or show|history|diff its stored versions"
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     recommend.add_argument("--query", help="what the user asked for, in words")
     recommend.add_argument("--with-profile", action="store_true", help="build the profile first and use it")
+    cli_fusion.add_ranking_args(recommend)
     cli_feedback.add_db_arg(recommend)
     _common(recommend)
 
@@ -151,11 +152,25 @@ def _emit(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
-def _agent(args: argparse.Namespace, events: Loaded, items: Loaded, client: ChatClient | None) -> Any:
+def _agent_config(args: argparse.Namespace) -> Any:
+    """The ``AgentConfig`` of ``args`` (``--fusion``, ``--bootstrap`` where the command has them)."""
+    from agent.cli_fusion import bootstrap_orders, fusion_weights
+    from agent.recommender import AgentConfig  # heavy imports only when needed
+
+    return AgentConfig(
+        fusion=fusion_weights(getattr(args, "fusion", "prior")),
+        bootstrap_orders=bootstrap_orders(getattr(args, "bootstrap", 1)),
+    )
+
+
+def _agent(
+    args: argparse.Namespace, events: Loaded, items: Loaded, client: ChatClient | None, config: Any = None
+) -> Any:
     from agent.cli_feedback import store_for
     from agent.recommender import RecommenderAgent  # heavy imports only when needed
 
-    return RecommenderAgent(events.frame, items.frame, client, store=store_for(args))
+    config = config or _agent_config(args)
+    return RecommenderAgent(events.frame, items.frame, client, config, store=store_for(args))
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -180,9 +195,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError("-k must be at least 1")
+    config = _agent_config(args)  # bad --fusion/--bootstrap fail before any work
     events, items = _load(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
-    agent = _agent(args, events, items, client)
+    agent = _agent(args, events, items, client, config)
     profile = agent.profile(args.user).profile if args.with_profile and client else None
     result = agent.recommend(args.user, k=args.k, query=args.query, profile=profile)
     if args.pretty:
@@ -230,6 +246,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "agent.cli_chat",
     "agent.cli_batch",
     "agent.cli_evaluate",
+    "agent.cli_fusion",
 )
 
 

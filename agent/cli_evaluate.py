@@ -83,6 +83,12 @@ def register(
         "--with-profile", action="store_true", help="agent: build each profile first (2 calls/user)"
     )
     run.add_argument("--concurrency", type=int, default=4, help="agent requests in flight (default 4)")
+    from agent.cli_fusion import add_ranking_args
+
+    add_ranking_args(run, allow_fit=True)
+    run.add_argument(
+        "--fusion-users", type=int, default=200, help="--fusion fit: users to fit on (default 200)"
+    )
     run.add_argument("--out", type=Path, help="output directory (default out/eval/DATASET-PROTOCOL-SPLIT)")
     run.add_argument("--yes", action="store_true", help="do not ask before paid model calls")
     common(parser)
@@ -156,10 +162,24 @@ class CostEstimate:
     sampled_users: int
 
 
+def _usage(fields: dict[str, Any]) -> Any:
+    from agent.errors import Usage
+
+    return Usage(**{k: v for k, v in fields.items() if k in Usage.__dataclass_fields__})
+
+
 def estimate_cost(
-    method: AgentMethod, cases: list[EvalCase], *, sample: int = 200, seed: int = 0
+    method: AgentMethod,
+    cases: list[EvalCase],
+    *,
+    sample: int = 200,
+    seed: int = 0,
+    extra_ranking_requests: int = 0,
 ) -> CostEstimate:
-    """Render the prompts of a seeded sample of ``cases`` (no network) and extrapolate."""
+    """Render the prompts of a seeded sample of ``cases`` (no network) and extrapolate.
+
+    ``extra_ranking_requests`` (e.g. ``--fusion fit``) are priced at the sample's mean tokens
+    per request."""
     import numpy as np
 
     from agent.evaluate import PROFILE_TOKENS_GUESS, stable_seed
@@ -175,6 +195,9 @@ def estimate_cost(
     requests = round(sum(len(p) for p in prompts) * scale)
     tokens = round(sum(count_messages(p.messages, model) for ps in prompts for p in ps) * scale)
     tokens += PROFILE_TOKENS_GUESS * len(cases) if method.with_profile else 0
+    if extra_ranking_requests and requests:
+        tokens += round(tokens / requests * extra_ranking_requests)
+        requests += extra_ranking_requests
     completion = requests * method.client.config.max_completion_tokens
     return CostEstimate(
         requests, tokens, completion, method.client.prices.cost(model, tokens, completion), model, len(picked)
@@ -192,6 +215,34 @@ def _confirm(estimate: CostEstimate) -> None:
     answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
         raise ConfigError("not confirmed: no model calls were made (pass --yes to skip the question)")
+
+
+def _fit_fusion(
+    args: argparse.Namespace, training: Any, agent: AgentMethod, seed: int, notes: list[str]
+) -> Any:
+    """``--fusion fit``: weights fit on a validation split of the training events.
+
+    The fit holds out each sampled user's last *training* interaction (a validation item), so
+    the evaluation's held-out targets are never seen: they are not in ``training``.
+    """
+    from agent.fusion_fit import fit_fusion
+
+    _note(f"--fusion fit: asking the model for up to {args.fusion_users} validation lists first")
+    report = fit_fusion(
+        training.events,
+        training.items,
+        agent.client,
+        config=agent.agent.config,
+        max_users=args.fusion_users,
+        seed=seed,
+    )
+    agent.usage.add(_usage(report.usage))  # the fit's calls are the agent method's spend too
+    mrr = ", ".join(f"{name} {value:.4f}" for name, value in report.mrr.items())
+    notes.append(
+        f"fusion fit on {report.lists_used} validation lists ({report.note}); in-sample MRR: {mrr or 'n/a'}; "
+        f"{report.usage.get('requests', 0)} requests"
+    )
+    return report.weights
 
 
 # --------------------------------------------------------------------------- progress
@@ -235,6 +286,7 @@ def _backend(args: argparse.Namespace) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from agent.cli import make_client
+    from agent.cli_fusion import bootstrap_orders, fusion_weights
     from agent.evaluate import (
         DATASET_DOMAINS,
         EXTRA_METHODS,
@@ -260,7 +312,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     ks, wanted = _ks(args.ks), _methods(args.methods)
-    for name in ("depth", "rerank", "concurrency"):
+    bootstrap_orders(args.bootstrap)
+    if args.fusion != "fit":
+        fusion_weights(args.fusion)  # a bad weights file fails before any work
+    for name in ("depth", "rerank", "concurrency", "fusion_users"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
     started = time.perf_counter()
@@ -329,19 +384,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 rerank=args.rerank,
                 with_profile=args.with_profile,
                 concurrency=args.concurrency,
+                fusion=None if args.fusion == "fit" else fusion_weights(args.fusion),  # fit: set below
+                bootstrap=bootstrap_orders(args.bootstrap),
             )
             methods.append(agent)
     methods += [EXTRA_METHODS[m](training) for m in wanted if m in EXTRA_METHODS]
 
     estimate = None
+    fit_users = (
+        min(args.fusion_users, len(training.events["user_id"].unique())) if args.fusion == "fit" else 0
+    )
     if agent is not None and backend == "openai":
-        estimate = estimate_cost(agent, cases, seed=seed)
+        estimate = estimate_cost(agent, cases, seed=seed, extra_ranking_requests=fit_users)
         if args.yes:
             _note(
                 f"estimated cost ≈ at most ${estimate.usd:,.2f} ({estimate.requests:,} requests); --yes given"
             )
         else:
             _confirm(estimate)
+    if agent is not None and args.fusion == "fit":  # after the confirmation: these calls are paid
+        agent.agent.config.fusion = _fit_fusion(args, training, agent, seed, notes)
 
     rankings: dict[str, dict[str, list[str]]] = {}
     with _progress(len(cases), [m.name for m in methods]) as start:
@@ -375,6 +437,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "backend": backend,
         "model": agent.client.config.model if agent else None,
         "with_profile": args.with_profile,
+        "fusion": args.fusion,
+        "fusion_weights": asdict(agent.agent.config.fusion) if agent and agent.agent.config.fusion else None,
+        "bootstrap": args.bootstrap,
         "retriever_config": repr(retriever_config) if retriever_config else "RetrieverConfig() defaults",
         "candidates_from": str(args.candidates) if args.candidates else None,
     }

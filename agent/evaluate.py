@@ -38,10 +38,11 @@ import pandas as pd
 from agent import errors
 from agent.candidates import Candidate, Retriever, RetrieverConfig
 from agent.errors import ConfigError, DataError, Usage
+from agent.fusion import PRIOR_WEIGHTS, FusionWeights
 from agent.llm import ChatClient
 from agent.metrics import evaluate_ranking
 from agent.prompts import Domain, RenderedPrompt
-from agent.recommender import AgentConfig, RecommenderAgent, interpret_profile, interpret_ranking
+from agent.recommender import AgentConfig, RecommenderAgent, interpret_profile, interpret_rankings
 
 log = logging.getLogger(__name__)
 
@@ -466,6 +467,10 @@ class AgentMethod:
     """The LLM agent reranking each candidate set (full ranking: the retriever's top
     ``rerank``, the rest in retriever order). Built on the training events only, so its prompts
     hold nothing after a user's split point. Items it leaves out follow in retriever order.
+
+    The agent's final order is its serving order: the model's ranking (over ``bootstrap``
+    shuffled orders, Borda-merged) blended with the retriever's score by ``fusion`` (the
+    documented prior by default; None keeps the model's order).
     """
 
     name = "agent"
@@ -482,8 +487,10 @@ class AgentMethod:
         with_profile: bool = False,
         concurrency: int = 1,
         keep_prompts: bool = False,
+        fusion: FusionWeights | None = PRIOR_WEIGHTS,
+        bootstrap: int = 1,
     ) -> None:
-        config = AgentConfig(domain=domain or Domain(), seed=seed)
+        config = AgentConfig(domain=domain or Domain(), seed=seed, fusion=fusion, bootstrap_orders=bootstrap)
         self.agent = RecommenderAgent(
             training.events, training.items, client, config, retriever=training.retriever
         )
@@ -505,7 +512,11 @@ class AgentMethod:
         """The prompts this case sends (the ranking one without a profile); no network."""
         head, _ = self._split_case(case)
         prompts = [self.agent.prepare_profile(case.user_id).prompt] if self.with_profile else []
-        return [*prompts, self.agent.prepare_ranking(case.user_id, head, k=len(head)).prompt]
+        orders = range(self.agent.config.bootstrap_orders)
+        return [
+            *prompts,
+            *(self.agent.prepare_ranking(case.user_id, head, k=len(head), order=n).prompt for n in orders),
+        ]
 
     def rank(self, case: EvalCase) -> list[str]:
         head, ordered = self._split_case(case)
@@ -519,11 +530,17 @@ class AgentMethod:
                 reply = self.client.complete(prep.prompt, prep.context.output_model())
                 usage.add(reply.usage)
                 profile = interpret_profile(prep.context, reply).profile
-            prep = self.agent.prepare_ranking(case.user_id, head, k=len(head), profile=profile)
-            sent.append(prep.prompt)
-            reply = self.client.complete(prep.prompt, prep.context.output_model())
-            usage.add(reply.usage)
-            result = interpret_ranking(prep.context, reply)
+            preps = [
+                self.agent.prepare_ranking(case.user_id, head, k=len(head), profile=profile, order=n)
+                for n in range(self.agent.config.bootstrap_orders)
+            ]
+            replies = []
+            for prep in preps:
+                sent.append(prep.prompt)
+                reply = self.client.complete(prep.prompt, prep.context.output_model())
+                usage.add(reply.usage)
+                replies.append(reply)
+            result = interpret_rankings([p.context for p in preps], replies)
             ranked = [r.item_id for r in result.items]
             detail = {"sources": [r.source for r in result.items], "grounding": result.grounding}
         except _PER_USER_FAILURES as exc:

@@ -20,12 +20,18 @@ Promises:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+
+from agent.errors import ConfigError
+
+WEIGHTS_FORMAT = "recagent-fusion/1"
 
 
 @dataclass(frozen=True)
@@ -49,9 +55,38 @@ class FusionWeights:
     def retriever_only(cls) -> FusionWeights:
         return cls(bias=0.0, w_llm=0.0, w_retriever=1.0, source="retriever-only")
 
+    def save(self, path: str | Path, **metadata: Any) -> None:
+        """Write the weights (and any JSON-able ``metadata``, e.g. how they were fit) as JSON."""
+        payload = {"format": WEIGHTS_FORMAT, **asdict(self), "metadata": metadata}
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FusionWeights:
+        """Weights written by ``save``. Raises ``ConfigError`` for a missing or invalid file."""
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read fusion weights {path}: {exc}") from None
+        if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
+            raise ConfigError(f"{path} is not a recagent fusion weights file ({WEIGHTS_FORMAT})")
+        try:
+            values = {name: float(payload[name]) for name in ("bias", "w_llm", "w_retriever")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: weights must be numbers ({exc})") from None
+        if not all(math.isfinite(v) for v in values.values()):
+            raise ConfigError(f"{path}: weights must be finite numbers")
+        source = payload.get("source")
+        if source not in ("prior", "fitted", "retriever-only"):
+            raise ConfigError(f"{path}: unknown weights source {source!r}")
+        return cls(source=source, **values)
+
     def score(self, features: np.ndarray) -> np.ndarray:
         """Probability-like fused scores for rows of ``[llm_gain, retriever_score]``."""
         return _sigmoid(self.bias + features @ np.array([self.w_llm, self.w_retriever]))
+
+
+PRIOR_WEIGHTS = FusionWeights.prior()
+"""The prior as a (frozen) module constant, usable as a default argument."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,12 @@ def fit(
     if _mean_reciprocal_rank(usable, fitted) < _mean_reciprocal_rank(usable, retriever):
         return retriever
     return fitted
+
+
+def mean_reciprocal_rank(lists: Sequence[RankedList], chosen: Sequence[str], weights: FusionWeights) -> float:
+    """Mean reciprocal rank of ``chosen[i]`` in ``lists[i]`` fused by ``weights`` (0 when absent)."""
+    usable = [(r, t) for r, t in zip(lists, chosen, strict=True) if t in r.candidate_ids]
+    return _mean_reciprocal_rank(usable, weights) * len(usable) / len(lists) if lists else 0.0
 
 
 def _mean_reciprocal_rank(usable: Sequence[tuple[RankedList, str]], weights: FusionWeights) -> float:

@@ -5,10 +5,14 @@ The flow of ``recommend`` (two stages, as the strongest published systems do):
 1. the retriever proposes ``n_candidates`` items the user has not consumed;
 2. candidates are shuffled (seeded) against position bias, rendered with the user's history
    (trimmed to the prompt budget) and ranked by the model under a schema whose ``item_id``
-   is an enum of those candidates;
-3. the reply is grounded: ids outside the candidates, duplicates and history items are
-   dropped and counted; missing slots are back-filled from the retriever's order. Every
-   returned item says where it came from (``source``: ``llm``, ``retriever`` or ``fallback``).
+   is an enum of those candidates; with ``bootstrap_orders`` B > 1, B shuffles are ranked
+   and merged by Borda count;
+3. the reply is grounded (``agent.replies``): ids outside the candidates, duplicates and
+   history items are dropped and counted;
+4. the final order blends the model's rank with the retriever's score (``agent.fusion``;
+   the documented prior until weights are fit on held-out interactions, see
+   ``agent.fusion_fit``). Every returned item says where it came from (``source``: ``llm``,
+   ``retriever`` or ``fallback``).
 
 With no client (``--backend fallback``) or when the model fails for good (transport, quota,
 budget), the retriever's ranking is returned with ``source="fallback"`` and the reason.
@@ -25,20 +29,19 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pydantic import BaseModel
 
 from agent import errors
 from agent.behaviors import KNOWN_BEHAVIORS
 from agent.candidates import Candidate, Retriever
 from agent.data import UserHistories
 from agent.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
-from agent.grounding import ground
+from agent.fusion import FusionWeights
 from agent.history import Catalog, consumed_items, fit_history, history_lines
 from agent.llm import DEFAULT_MODEL, ChatClient, StructuredReply
-from agent.position_bias import input_order_copy_rate, shuffle_candidates
+from agent.position_bias import shuffle_candidates
 from agent.privacy import Scrubber
 from agent.prompts import (
     Domain,
@@ -50,16 +53,44 @@ from agent.prompts import (
     default_renderer,
 )
 from agent.refine import RefineConfig, Refiner, RefineResult, built_profile_draft
-from agent.schemas import BehaviorProfile, profile_model, recommendations_model
+from agent.replies import (  # re-exported: the public result types live with their interpretation
+    CandidateInfo,
+    PreparedRequest,
+    ProfileResult,
+    Recommendation,
+    RecommendationResult,
+    ReplyContext,
+    Source,
+    backfill,
+    interpret_profile,
+    interpret_ranking,
+    interpret_rankings,
+    interpret_reply,
+)
+from agent.schemas import BehaviorProfile
 from agent.store import Store
 from agent.tokens import count_messages
 
 if TYPE_CHECKING:
     from agent.conversation import ChatReply, ConversationState
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "AgentConfig",
+    "CandidateInfo",
+    "PreparedRequest",
+    "ProfileResult",
+    "Recommendation",
+    "RecommendationResult",
+    "RecommenderAgent",
+    "ReplyContext",
+    "Source",
+    "interpret_profile",
+    "interpret_ranking",
+    "interpret_rankings",
+    "interpret_reply",
+]
 
-Source = Literal["llm", "retriever", "fallback"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,86 +106,13 @@ class AgentConfig:
     domain: Domain = field(default_factory=Domain)
     scrub_personal_data: bool = True
     template_dir: str | None = None
-
-
-class Recommendation(BaseModel):
-    rank: int
-    item_id: str
-    title: str
-    score: float
-    reason: str
-    evidence: list[str]
-    source: Source
-
-
-class RecommendationResult(BaseModel):
-    recommendation_id: str
-    user_id: str
-    items: list[Recommendation]
-    candidates_considered: int
-    grounding: dict[str, float]
-    fallback_reason: str | None
-    model: str | None
-    template_version: str | None
-    mode: str | None
-    usage: dict[str, Any]
-
-
-class ProfileResult(BaseModel):
-    user_id: str
-    profile: BehaviorProfile
-    events_total: int
-    events_shown: int
-    model: str
-    template_version: str
-    usage: dict[str, Any]
-    version: int | None = None
-    """The stored profile version this result was saved as (agents with a store)."""
-
-
-class CandidateInfo(BaseModel):
-    """A retrieved candidate as interpreting a reply needs it (title, retriever scores)."""
-
-    item_id: str
-    title: str
-    score: float
-    sources: dict[str, float]
-
-
-class ReplyContext(BaseModel):
-    """Everything needed to interpret one reply, without the prompt text.
-
-    JSON-serializable, so a Batch API reply can be interpreted in a later process exactly
-    as the synchronous path interprets it (``interpret_reply``).
-    """
-
-    task: Literal["profile", "recommend"]
-    user_id: str
-    history_ids: list[str]
-    """Item ids of the history lines shown (the evidence enum)."""
-    events_total: int
-    events_shown: int
-    shown: list[str] = []
-    """recommend: candidate ids in the (shuffled) order the model saw them."""
-    candidates: list[CandidateInfo] = []
-    """recommend: the candidates in the retriever's order (back-fill order)."""
-    consumed: list[str] = []
-    """recommend: every item the user interacted with (never recommended back)."""
-    k: int = 0
-
-    def output_model(self) -> type[BaseModel]:
-        """The reply model, with enums of this request's ids."""
-        if self.task == "profile":
-            return profile_model(self.history_ids)
-        return recommendations_model(self.shown, self.history_ids)
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """A rendered prompt and the context to interpret its reply; made without any network."""
-
-    prompt: RenderedPrompt
-    context: ReplyContext
+    fusion: FusionWeights | None = field(default_factory=FusionWeights.prior)
+    """Blend of the model's rank and the retriever's score that orders the final list
+    (``agent.fusion``; fit one with ``agent.fusion_fit``). None keeps the model's order and
+    back-fills in the retriever's order."""
+    bootstrap_orders: int = 1
+    """Rank the candidates in this many shuffled orders (one model call each) and merge the
+    rankings by Borda count, so no single input order decides (costs this many calls)."""
 
 
 class RecommenderAgent:
@@ -184,6 +142,8 @@ class RecommenderAgent:
         and blocked items (dislikes, not_interested, low ratings) are hard filters."""
         self.refine_config = refine_config or RefineConfig()
         self.config = config or AgentConfig()
+        if self.config.bootstrap_orders < 1:
+            raise errors.ConfigError("bootstrap_orders must be at least 1")
         self.client = client
         self.catalog = Catalog(items)
         self.histories = UserHistories(events)
@@ -332,15 +292,25 @@ class RecommenderAgent:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
         if not candidates:  # e.g. the user consumed the whole catalog: nothing to ask the model
             return self._fallback(rec_id, user_id, candidates, k, "no candidates left to rank")
-        prepared = self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile)
+        prepared = [
+            self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile, order=n)
+            for n in range(max(1, self.config.bootstrap_orders))
+        ]
+        replies: list[StructuredReply[Any]] = []
         try:
-            reply = self.client.complete(prepared.prompt, prepared.context.output_model())
+            for request in prepared:
+                replies.append(self.client.complete(request.prompt, request.context.output_model()))
         except (errors.TransportError, errors.QuotaExceededError, errors.BudgetExceededError) as exc:
             log.warning("model unavailable for a recommendation, using the retriever: %s", exc)
             result = self._fallback(rec_id, user_id, candidates, k, f"{type(exc).__name__}: {exc}")
-            result.usage = getattr(exc, "usage", errors.Usage()).as_dict()  # budget errors carry none
+            spent = errors.Usage()
+            for reply in replies:  # bootstrap calls that did succeed were paid for
+                spent.add(reply.usage)
+            spent.add(getattr(exc, "usage", errors.Usage()))  # budget errors carry none
+            result.usage = spent.as_dict()
             return result
-        return interpret_ranking(prepared.context, reply, recommendation_id=rec_id)
+        contexts = [request.context for request in prepared]
+        return interpret_rankings(contexts, replies, recommendation_id=rec_id)
 
     def prepare_ranking(
         self,
@@ -349,13 +319,19 @@ class RecommenderAgent:
         k: int = 10,
         query: str | None = None,
         profile: BehaviorProfile | None = None,
+        order: int = 0,
     ) -> PreparedRequest:
-        """``rank_candidates``'s prompt and reply context (no network)."""
+        """``rank_candidates``'s prompt and reply context (no network).
+
+        ``order`` picks the seeded shuffle of the candidates (0 = the default order; bootstrap
+        ranks orders 0..B-1).
+        """
         if k < 1:
             raise ValueError("k must be at least 1")
         user_events = self.histories.for_user(user_id)
         scrubber = self._scrubber()
-        shown = shuffle_candidates([c.item_id for c in candidates], seed=f"{self.config.seed}:{user_id}")
+        seed = f"{self.config.seed}:{user_id}" if order == 0 else f"{self.config.seed}:{user_id}:{order}"
+        shown = shuffle_candidates([c.item_id for c in candidates], seed=seed)
         candidate_lines = [self.catalog.candidate_line(item_id, scrubber) for item_id in shown]
         profile_json = profile.model_dump(mode="json") if profile else None
 
@@ -381,6 +357,7 @@ class RecommenderAgent:
             candidates=self._infos(candidates),
             consumed=consumed_items(user_events),
             k=k,
+            fusion=self.config.fusion,
         )
         return PreparedRequest(prompt, context)
 
@@ -463,14 +440,6 @@ class RecommenderAgent:
             raise errors.ConfigError(f"{what} needs a model; the fallback backend has none")
         return self.client
 
-    def _retriever_reason(self, candidate: Candidate) -> str:
-        return retriever_reason(candidate.sources)
-
-    def _backfill(
-        self, out: list[Recommendation], candidates: list[Candidate], k: int, source: Source
-    ) -> None:
-        backfill(out, self._infos(candidates), k, source)
-
     def _infos(self, candidates: list[Candidate]) -> list[CandidateInfo]:
         return [
             CandidateInfo(
@@ -483,7 +452,7 @@ class RecommenderAgent:
         self, rec_id: str, user_id: str, candidates: list[Candidate], k: int, why: str
     ) -> RecommendationResult:
         out: list[Recommendation] = []
-        self._backfill(out, candidates, k, "fallback")
+        backfill(out, self._infos(candidates), k, "fallback")
         return RecommendationResult(
             recommendation_id=rec_id,
             user_id=user_id,
@@ -495,116 +464,5 @@ class RecommenderAgent:
             template_version=None,
             mode=None,
             usage=errors.Usage().as_dict(),
-        )
-
-
-# -- interpreting replies (shared by the sync path, the batch runner and the Batch API) ----
-def interpret_reply(
-    context: ReplyContext, reply: StructuredReply[Any]
-) -> ProfileResult | RecommendationResult:
-    """The result for a validated reply to the request ``context`` describes."""
-    if context.task == "profile":
-        return interpret_profile(context, reply)
-    return interpret_ranking(context, reply)
-
-
-def interpret_profile(context: ReplyContext, reply: StructuredReply[Any]) -> ProfileResult:
-    """A ``ProfileResult`` from a validated profile reply."""
-    return ProfileResult(
-        user_id=context.user_id,
-        profile=BehaviorProfile.model_validate(reply.value.model_dump()),
-        events_total=context.events_total,
-        events_shown=context.events_shown,
-        model=reply.model,
-        template_version=reply.template_version,
-        usage=reply.usage.as_dict(),
-    )
-
-
-def interpret_ranking(
-    context: ReplyContext, reply: StructuredReply[Any], *, recommendation_id: str | None = None
-) -> RecommendationResult:
-    """Ground a validated ranking in the candidates and back-fill to ``context.k`` items.
-
-    Ids outside the candidates, duplicates and consumed items are dropped and counted;
-    missing slots are filled in the retriever's order (``source="retriever"``).
-    """
-    k = context.k
-    titles = {c.item_id: c.title for c in context.candidates}
-    grounded = ground(reply.value, titles, context.consumed)
-    by_id = {item.item_id: item for item in reply.value.items}
-    out: list[Recommendation] = []
-    for item_id in grounded.item_ids[:k]:
-        item = by_id.get(item_id)
-        out.append(
-            Recommendation(
-                rank=len(out) + 1,
-                item_id=item_id,
-                title=titles.get(item_id, item_id),
-                score=float(item.score) if item else 0.0,
-                reason=item.reason if item else grounded.reasons.get(item_id, ""),
-                evidence=[str(e) for e in item.evidence] if item else [],
-                source="llm",
-            )
-        )
-    from_model = len(out)
-    backfill(out, context.candidates, k, "retriever")
-    return RecommendationResult(
-        recommendation_id=recommendation_id or uuid.uuid4().hex,
-        user_id=context.user_id,
-        items=out,
-        candidates_considered=len(context.candidates),
-        grounding={
-            "invented_rate": grounded.rates["invented_rate"],
-            "duplicate_rate": grounded.rates["duplicate_rate"],
-            "history_rate": grounded.rates["history_rate"],
-            "backfilled": float(len(out) - from_model),
-            # How much the model's order just copies the (shuffled) order it was shown: a
-            # high rate means position bias, not judgement (1.0 = a prefix of the input).
-            "input_order_copy_rate": input_order_copy_rate(context.shown, grounded.item_ids)
-            if context.shown
-            else 0.5,
-        },
-        fallback_reason=None,
-        model=reply.model,
-        template_version=reply.template_version,
-        mode=reply.mode,
-        usage=reply.usage.as_dict(),
-    )
-
-
-_REASON_LABELS = {
-    "cooccurrence": "often chosen together with items in your history",
-    "popularity": "popular right now",
-    "content": "similar to items you engaged with",
-    "search": "matches what you searched for",
-}
-
-
-def retriever_reason(sources: dict[str, float]) -> str:
-    """Why the retriever proposed an item, from its strongest source."""
-    if not sources:
-        return "ranked by the retriever"
-    top = max(sources.items(), key=lambda kv: kv[1])[0]
-    return _REASON_LABELS.get(top, f"retriever signal: {top}")
-
-
-def backfill(out: list[Recommendation], candidates: list[CandidateInfo], k: int, source: Source) -> None:
-    """Append candidates not in ``out`` (in the given order) until ``out`` has ``k`` items."""
-    taken = {r.item_id for r in out}
-    for candidate in candidates:
-        if len(out) >= k:
-            break
-        if candidate.item_id in taken:
-            continue
-        out.append(
-            Recommendation(
-                rank=len(out) + 1,
-                item_id=candidate.item_id,
-                title=candidate.title,
-                score=round(float(candidate.score), 4),
-                reason=retriever_reason(candidate.sources),
-                evidence=[],
-                source=source,
-            )
+            orders=0,
         )

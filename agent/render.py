@@ -49,6 +49,13 @@ def print_recommendations(result: RecommendationResult) -> None:
         )
         console.print(f"Grounding: {rates} (of {result.candidates_considered} candidates)")
     if result.model:
+        blend = (
+            f"{result.fusion} blend of the model's rank and the retriever's score"
+            if result.fusion
+            else "the model's order, back-filled by the retriever"
+        )
+        orders = f" over {result.orders} shuffled orders (Borda)" if result.orders > 1 else ""
+        console.print(f"Order: {blend}{orders}")
         _usage_line(result.usage, result.model, result.template_version or "")
 
 
