@@ -101,7 +101,7 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
+def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
     items = load_items(items_path)
     events = align_catalog(load_events(events_path), items)
     if args.verbose:
@@ -148,7 +148,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _emit(payload: Any) -> None:
+def emit_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
@@ -163,7 +163,7 @@ def _agent_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _agent(
+def build_agent(
     args: argparse.Namespace, events: Loaded, items: Loaded, client: ChatClient | None, config: Any = None
 ) -> Any:
     from agent.cli_feedback import store_for
@@ -180,15 +180,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return run_profile_action(args)
     if args.events is None or args.items is None:
         raise ConfigError("profile needs --events and --items (or an action: show, history, diff)")
-    events, items = _load(args, args.events, args.items)
+    events, items = load_inputs(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
-    result = _agent(args, events, items, client).profile(args.user)
+    result = build_agent(args, events, items, client).profile(args.user)
     if args.pretty:
         from agent.render import print_profile
 
         print_profile(result)
     else:
-        _emit(result.model_dump(mode="json"))
+        emit_json(result.model_dump(mode="json"))
     return 0
 
 
@@ -196,9 +196,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError("-k must be at least 1")
     config = _agent_config(args)  # bad --fusion/--bootstrap fail before any work
-    events, items = _load(args, args.events, args.items)
+    events, items = load_inputs(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
-    agent = _agent(args, events, items, client, config)
+    agent = build_agent(args, events, items, client, config)
     profile = agent.profile(args.user).profile if args.with_profile and client else None
     result = agent.recommend(args.user, k=args.k, query=args.query, profile=profile)
     if args.pretty:
@@ -206,7 +206,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
         print_recommendations(result)
     else:
-        _emit(result.model_dump(mode="json"))
+        emit_json(result.model_dump(mode="json"))
     return 0
 
 
@@ -216,12 +216,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if client is not None and not live and args.backend is None:
         source = source.rstrip(".") + "; set OPENAI_API_KEY to call the live API."
     print(source, flush=True)
-    events, items = _load(args, SAMPLE_DIR / "events.csv", SAMPLE_DIR / "items.csv")
+    events, items = load_inputs(args, SAMPLE_DIR / "events.csv", SAMPLE_DIR / "items.csv")
     from agent.cli_feedback import demo_feedback_loop, memory_db
     from agent.render import print_profile, print_recommendations
 
     memory_db(args)
-    agent = _agent(args, events, items, client)
+    agent = build_agent(args, events, items, client)
     first = None
     for user in args.users:
         profile = agent.profile(user) if client else None

@@ -86,7 +86,7 @@ def _build(args: argparse.Namespace, *, needs_model: bool) -> tuple[Any, Any, An
             raise ConfigError(f"domain {preset.key!r} has no bundled data: give --events and --items")
         folder = bundled[preset.key]
         args.events, args.items = folder / "events.csv", folder / "items.csv"
-    events, items = cli._load(args, args.events, args.items)
+    events, items = cli.load_inputs(args, args.events, args.items)
     client, _ = cli.make_client(args, default_backend="openai")
     if needs_model and client is None:
         raise ConfigError(f"{args.command} needs a model; --backend fallback has none")
@@ -182,7 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.pretty:
             print(result.text)
         else:
-            cli._emit(result.model_dump(mode="json"))
+            cli.emit_json(result.model_dump(mode="json"))
         return 0
 
     def show(delta: str) -> None:

@@ -85,7 +85,7 @@ def register(
     return {"feedback": cmd_feedback, "refine": cmd_refine, "profiles": run_profile_action}
 
 
-def _emit(payload: Any) -> None:
+def emit_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
@@ -103,9 +103,9 @@ def _timestamp(text: str | None) -> datetime | None:
 def _loaded_agent(args: argparse.Namespace, with_model: bool) -> Any:
     from agent import cli
 
-    events, items = cli._load(args, args.events, args.items)
+    events, items = cli.load_inputs(args, args.events, args.items)
     client = cli.make_client(args, default_backend="openai")[0] if with_model else None
-    return cli._agent(args, events, items, client)
+    return cli.build_agent(args, events, items, client)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
@@ -124,7 +124,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     if args.refine:
         payload["refine"] = agent.refine(args.user).model_dump(mode="json")
     if not args.pretty:
-        _emit(payload)
+        emit_json(payload)
         return 0
     from agent.render import console
 
@@ -140,7 +140,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if args.pretty:
         _print_refine(result.model_dump(mode="json"), agent.catalog.title)
     else:
-        _emit(result.model_dump(mode="json"))
+        emit_json(result.model_dump(mode="json"))
     return 0
 
 
@@ -169,12 +169,12 @@ def run_profile_action(args: argparse.Namespace) -> int:
             if args.pretty:
                 _print_version(version)
             else:
-                _emit(version.model_dump(mode="json"))
+                emit_json(version.model_dump(mode="json"))
         elif args.action == "history":
             if args.pretty:
                 _print_history(versions)
             else:
-                _emit([_history_row(v) for v in versions])
+                emit_json([_history_row(v) for v in versions])
         else:
             new = pick(args.to_version, versions[-1], "--to")
             default_old = by_number.get(new.version - 1)
@@ -187,7 +187,7 @@ def run_profile_action(args: argparse.Namespace) -> int:
             if args.pretty:
                 print_diff(payload, lambda item_id: item_id)
             else:
-                _emit(payload)
+                emit_json(payload)
     return 0
 
 

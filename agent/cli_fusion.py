@@ -90,12 +90,12 @@ def register(
 
 
 def cmd_fusion_fit(args: argparse.Namespace) -> int:
-    from agent.cli import _load, make_client
+    from agent.cli import load_inputs, make_client
     from agent.fusion_fit import fit_fusion
 
     if args.users < 1 or args.min_lists < 1:
         raise ConfigError("--users and --min-lists must be at least 1")
-    events, items = _load(args, args.events, args.items)
+    events, items = load_inputs(args, args.events, args.items)
     client, source = make_client(args, default_backend="openai")
     if client is None:
         raise ConfigError("fusion-fit needs a model; --backend fallback has none")

@@ -29,16 +29,14 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-import openai
 import pandas as pd
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from agent import errors
-from agent.cassette import TEMPLATE_HEADER
 from agent.domains import DomainPreset, preset_for
 from agent.errors import Usage
 from agent.history import fit_history, history_lines
-from agent.llm import ChatClient, StructuredReply, account, extract_json, map_transport_error
+from agent.llm import ChatClient, StructuredReply, account, extract_json
 from agent.privacy import Scrubber
 from agent.prompts import Domain, HistoryLine, RenderedPrompt
 from agent.recommender import RecommenderAgent
@@ -239,10 +237,6 @@ def stream_structured(
 
     Raises the same ``ModelError`` subclasses as ``complete``.
     """
-    # ChatClient has no streaming call yet; this uses its SDK client (an internal) and
-    # belongs in agent/llm.py as ``ChatClient.stream_complete``.
-    sdk: openai.OpenAI = client._sdk
-    body = client.build_request(prompt, output, json_schema=client._json_schema_supported)
     usage = Usage(requests=1)
     fields = TextFieldStream(sink)
     parts: list[str] = []
@@ -250,12 +244,7 @@ def stream_structured(
     refusal = ""
     model = client.config.model
     try:
-        stream = sdk.chat.completions.create(
-            **body,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_headers={TEMPLATE_HEADER: prompt.version},
-        )
+        stream = client.open_stream(prompt, output)
         for chunk in stream:
             model = chunk.model or model
             if chunk.usage is not None:
@@ -267,14 +256,7 @@ def stream_structured(
                 refusal += getattr(choice.delta, "refusal", None) or ""
                 finish = choice.finish_reason or finish
     except Exception as exc:
-        mapped = map_transport_error(
-            exc,
-            attempts=1,
-            usage=usage,
-            template=prompt.version,
-            timeout_s=client.config.timeout_s,
-            base_url=sdk.base_url,
-        )
+        mapped = client.map_error(exc, attempts=1, usage=usage, template=prompt.version)
         if mapped is None:
             if not isinstance(exc, json.JSONDecodeError):
                 raise
@@ -308,7 +290,7 @@ def stream_structured(
         raw=raw,
         usage=usage,
         attempts=1,
-        mode="json_schema" if client._json_schema_supported else "json_object",
+        mode="json_schema" if client.json_schema_supported else "json_object",
         model=model,
         template_version=prompt.version,
     )

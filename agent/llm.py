@@ -407,17 +407,43 @@ class ChatClient:
         try:
             return retrying(attempt)
         except Exception as exc:
-            mapped = map_transport_error(
-                exc,
-                attempts=attempts,
-                usage=usage,
-                template=template_version,
-                timeout_s=self.config.timeout_s,
-                base_url=self._sdk.base_url,
-            )
+            mapped = self.map_error(exc, attempts=attempts, usage=usage, template=template_version)
             if mapped is None:
                 raise
             raise mapped from None
+
+    def map_error(
+        self, exc: BaseException, *, attempts: int, usage: Usage, template: str
+    ) -> errors.ModelError | None:
+        """Our typed error for an SDK/transport exception from this client; None if it is not one."""
+        return map_transport_error(
+            exc,
+            attempts=attempts,
+            usage=usage,
+            template=template,
+            timeout_s=self.config.timeout_s,
+            base_url=self._sdk.base_url,
+        )
+
+    @property
+    def json_schema_supported(self) -> bool:
+        """False once the server rejected ``response_format: json_schema`` (JSON mode from then on)."""
+        return self._json_schema_supported
+
+    def open_stream(self, prompt: RenderedPrompt, output: type[BaseModel]) -> Any:
+        """Start one streamed completion for ``prompt`` (usage included in the last chunk).
+
+        No retries: once streamed text has been shown, a retry cannot be hidden from the reader
+        (callers decide, see ``agent.content``). Returns the SDK's chunk iterator; failures are
+        the SDK's exceptions, turned into ours by ``map_error``.
+        """
+        body = self.build_request(prompt, output, json_schema=self._json_schema_supported)
+        return self._sdk.chat.completions.create(
+            **body,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={TEMPLATE_HEADER: prompt.version},
+        )
 
     # -- the public call ---------------------------------------------------------------
     def complete(self, prompt: RenderedPrompt, output: type[M]) -> StructuredReply[M]:
