@@ -79,7 +79,17 @@ class Cassette:
             self.interactions[entry["key"]] = entry
 
     def save(self) -> None:
+        """Write every interaction, merged with what the file holds now (ours win on a key).
+
+        Merging means two ``Cassette`` objects on one path (e.g. two clients recording in one
+        process) no longer drop each other's entries. To start a recording afresh, delete the
+        file first (the record scripts do). Writers in different processes are not coordinated.
+        """
         with self._lock:
+            if self.path.is_file():
+                on_disk = json.loads(self.path.read_text(encoding="utf-8")).get("interactions", [])
+                for entry in on_disk:
+                    self.interactions.setdefault(entry["key"], entry)
             ordered = sorted(self.interactions.values(), key=lambda e: (e["template"], e["key"]))
             payload = {"version": CASSETTE_VERSION, "interactions": ordered}
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def record(out: Path, base_url: str | None, api_key: str) -> None:
     items = load_items(SAMPLE / "items.csv")
     events = align_catalog(load_events(SAMPLE / "events.csv"), items)
 
-    cassette = Cassette(out)  # one instance for both clients, or each save would drop the other's
+    cassette = Cassette(out)  # one instance for both clients: one file, one save
     config = LLMConfig(model=rec.RECORDED_MODEL, base_url=base_url, api_key=api_key)
     http = httpx2.Client(transport=RecordingTransport(cassette))
     with ChatClient(config, http_client=http) as chat_client:

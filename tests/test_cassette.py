@@ -60,3 +60,29 @@ def test_edited_prompt_misses_the_cassette_with_a_clear_error(
         pytest.raises(errors.CassetteMissError, match="profile@def"),
     ):
         replayer.complete(edited, BehaviorProfile)
+
+
+def _entry(key: str) -> dict[str, object]:
+    return {"key": key, "template": "t@1", "path": "/v1/chat/completions", "request": {}, "response": {}}
+
+
+def test_two_cassettes_on_one_path_keep_each_others_entries(tmp_path: Path) -> None:
+    path = tmp_path / "shared.json"
+    first, second = Cassette(path), Cassette(path)  # both opened before either saves
+    first.put(_entry("a"))
+    first.save()
+    second.put(_entry("b"))
+    second.save()
+    assert set(Cassette(path).interactions) == {"a", "b"}
+
+
+def test_saving_keeps_our_version_of_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "shared.json"
+    old = Cassette(path)
+    old.put({**_entry("a"), "response": {"n": 1}})
+    old.save()
+    new = Cassette(tmp_path / "elsewhere.json")
+    new.path = path
+    new.put({**_entry("a"), "response": {"n": 2}})
+    new.save()
+    assert Cassette(path).interactions["a"]["response"] == {"n": 2}
