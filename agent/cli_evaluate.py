@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from agent.errors import ConfigError
 
 if TYPE_CHECKING:  # the evaluation machinery (pandas, scikit-learn...) loads only when it runs
-    from agent.evaluate import AgentMethod, EvalCase
+    from agent.evaluate import EvalCase
+    from agent.evaluate_methods import AgentMethod
 
 Handler = Callable[[argparse.Namespace], int]
 METHODS = ("random", "popularity", "retriever", "agent")
@@ -113,7 +114,7 @@ def _cutoff(text: str) -> float | str:
 
 
 def _methods(text: str) -> list[str]:
-    from agent.evaluate import EXTRA_METHODS
+    from agent.evaluate_methods import EXTRA_METHODS
 
     names = [m.strip() for m in text.split(",") if m.strip()]
     unknown = set(names) - set(METHODS) - set(EXTRA_METHODS)
@@ -289,18 +290,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from agent.cli_fusion import bootstrap_orders, fusion_weights
     from agent.evaluate import (
         DATASET_DOMAINS,
-        EXTRA_METHODS,
-        AgentMethod,
-        Method,
-        PopularityMethod,
-        RandomMethod,
-        RetrieverMethod,
         TrainingData,
         build_cases,
         load_split,
         protocol_parts,
         sample_users,
         score,
+    )
+    from agent.evaluate_methods import (
+        EXTRA_METHODS,
+        AgentMethod,
+        Method,
+        PopularityMethod,
+        RandomMethod,
+        RetrieverMethod,
     )
     from agent.evaluate_report import (
         EvalRun,

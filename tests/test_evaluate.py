@@ -16,11 +16,7 @@ import pytest
 from agent.cli import main
 from agent.errors import QuotaExceededError
 from agent.evaluate import (
-    AgentMethod,
     EvalCase,
-    PopularityMethod,
-    RandomMethod,
-    RetrieverMethod,
     Split,
     TrainingData,
     build_cases,
@@ -30,6 +26,7 @@ from agent.evaluate import (
     score,
     time_split,
 )
+from agent.evaluate_methods import AgentMethod, PopularityMethod, RandomMethod, RetrieverMethod
 from agent.evaluate_report import load_candidates, rescore
 from agent.llm import ChatClient, LLMConfig
 from agent.loopback import Fault, LoopbackServer, Reply
