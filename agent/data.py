@@ -6,20 +6,26 @@ Promises (see docs/CONTRACT.md for the exact columns and dtypes):
 * Nothing disappears silently: every dropped or repaired row is counted by reason in the
   returned ``CleaningReport`` (with the first few row numbers as examples).
 * Unusable input raises ``DataError`` naming the file, the column and, where possible, the row.
+* A row number is the 1-based data row as the user sees it in the file, header excluded, as in
+  ``DataError`` (CSV/TSV record, JSONL line, JSON array element, Parquet row; blank lines not
+  counted); events are re-sorted by time, so ``Loaded.source_rows`` carries each row's number.
 * ``UserHistories`` slices the log per user after ONE stable sort, so a lookup is O(1).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from agent.errors import DataError, UnknownUserError
 
@@ -56,8 +62,9 @@ class CleaningReport:
     """What loading did to a file: rows read and kept, drops and repairs by reason.
 
     ``dropped`` and ``repaired`` map a reason (e.g. ``"duplicate"``, ``"bad_timestamp"``)
-    to a row count; ``examples`` maps the same reasons to the first 1-based data-row
-    numbers affected, so a user can find them in the file.
+    to a row count; ``examples`` maps the same reasons to the first (lowest) row numbers
+    affected, ascending, so a user can find them in the file: 1-based data rows, header
+    excluded (see the module docstring), whatever order the cleaned frame is in.
     """
 
     file: str
@@ -71,12 +78,18 @@ class CleaningReport:
         if len(rows) == 0:
             return
         bucket[reason] += len(rows)
-        self.examples.setdefault(reason, []).extend(int(r) + 1 for r in list(rows[:_EXAMPLE_ROWS]))
+        first = np.asarray(rows)
+        if len(first) > _EXAMPLE_ROWS:  # rows may come in time order (align_catalog): take the lowest
+            first = np.partition(first, _EXAMPLE_ROWS - 1)[:_EXAMPLE_ROWS]
+        merged = set(self.examples.get(reason, ())) | {int(r) for r in first}
+        self.examples[reason] = sorted(merged)[:_EXAMPLE_ROWS]
 
     def drop(self, reason: str, rows: pd.Index | np.ndarray) -> None:
+        """Count ``rows`` (1-based file row numbers, any order) as dropped for ``reason``."""
         self._note(self.dropped, reason, rows)
 
     def repair(self, reason: str, rows: pd.Index | np.ndarray) -> None:
+        """Count ``rows`` (1-based file row numbers, any order) as repaired for ``reason``."""
         self._note(self.repaired, reason, rows)
 
     @property
@@ -105,17 +118,38 @@ class CleaningReport:
 
 @dataclass
 class Loaded:
-    """A cleaned canonical frame and the report of how it was cleaned."""
+    """A cleaned canonical frame and the report of how it was cleaned.
+
+    ``source_rows[i]`` is the file row (1-based data row, header excluded) that
+    ``frame.iloc[i]`` came from; cleaning sorts events by time, so later steps need it to
+    report file rows. ``None`` (a hand-built ``Loaded``) means the frame is in file order.
+    """
 
     frame: pd.DataFrame
     report: CleaningReport
+    source_rows: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.source_rows is not None and len(self.source_rows) != len(self.frame):
+            raise ValueError(f"{len(self.source_rows)} source rows for a frame of {len(self.frame)}")
+
+    def rows(self) -> np.ndarray:
+        """The file row number of each frame row (see the class docstring)."""
+        if self.source_rows is None:
+            return np.arange(1, len(self.frame) + 1)
+        return self.source_rows
 
 
 def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
-    """Read a file into a frame of strings (ids never become numbers).
+    """Read a file into a raw frame, one row per data record, in file order.
+
+    Ids never become numbers: CSV/TSV cells and JSON numbers are kept as the text written
+    (``7`` stays ``"7"``, ``007`` stays ``"007"``, even in a column that holds a null);
+    Parquet keeps its column types, with integer columns read as nullable integers (never
+    floats, so a null does not turn ``7`` into ``7.0``).
 
     Raises ``DataError`` for a missing/unreadable file, an unknown extension, bad
-    encoding or an empty file.
+    encoding, an empty file or a malformed JSON record (naming its line).
     """
     path = Path(path)
     if not path.is_file():
@@ -126,12 +160,10 @@ def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
             sep = "\t" if suffix.startswith(".tsv") else ","
             frame = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False)
             frame = frame.replace("", np.nan)
-        elif suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
-            frame = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
-        elif suffix == ".json":
-            frame = pd.read_json(path, dtype=False, encoding=encoding)
+        elif suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
+            frame = _read_json(path, suffix, encoding)
         elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            frame = pq.read_table(path).to_pandas(types_mapper=_nullable_int)
         else:
             raise DataError(
                 f"unknown file type {path.suffix!r}; use .csv, .tsv, .jsonl, .json or .parquet",
@@ -144,12 +176,70 @@ def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
         ) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataError("file is empty", file=str(path)) from exc
-    except (ValueError, pd.errors.ParserError, OSError, json.JSONDecodeError) as exc:
+    except (ValueError, pd.errors.ParserError, OSError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot parse file: {first}", file=str(path)) from exc
     if frame.empty:
         raise DataError("file has no data rows", file=str(path))
     return frame
+
+
+def _nullable_int(arrow_type: pa.DataType) -> Any:
+    # pandas would read an integer column holding a null as float64 (7 -> 7.0, digits lost past 2**53).
+    if not pa.types.is_integer(arrow_type):
+        return None
+    return pd.api.types.pandas_dtype(
+        f"{'U' if pa.types.is_unsigned_integer(arrow_type) else ''}Int{arrow_type.bit_width}"
+    )
+
+
+def _loads(text: str) -> Any:
+    # Numbers stay the text written: pandas' reader turns an integer column holding a null
+    # into floats ("7" -> "7.0"); the cleaners parse values and timestamps from text anyway.
+    return json.loads(text, parse_int=str, parse_float=str)
+
+
+def _read_json(path: Path, suffix: str, encoding: str) -> pd.DataFrame:
+    """JSON Lines (one object per line; blank lines skipped) or a JSON document: an array of
+    objects, or an object of columns as ``DataFrame.to_json()`` writes it."""
+    opener = gzip.open if suffix.endswith(".gz") else open
+    with opener(path, "rt", encoding=encoding) as handle:
+        text = handle.read().removeprefix("\ufeff")  # a BOM from Windows tools is not data
+    if not text.strip():
+        raise DataError("file is empty", file=str(path))
+    if suffix == ".json":
+        data = _loads(text)
+        if isinstance(data, dict):
+            return pd.DataFrame(data)
+        records = data if isinstance(data, list) else [data]
+    else:
+        lines = list(filter(str.strip, text.split("\n")))
+        try:  # one parse of the whole file is far faster than a Python loop over lines
+            records = _loads("[" + ",".join(lines) + "]")
+        except json.JSONDecodeError:
+            _raise_bad_line(text, path)
+        if len(records) != len(lines):  # two values on one line: "{...},{...}"
+            _raise_bad_line(text, path)
+    if set(map(type, records)) - {dict}:
+        bad = next(i for i, record in enumerate(records) if not isinstance(record, dict))
+        raise DataError(f"record {bad + 1} is not a JSON object", file=str(path), row=bad + 1)
+    return pd.DataFrame(records)
+
+
+def _raise_bad_line(text: str, path: Path) -> NoReturn:
+    """Name the first JSON Lines line that is not exactly one JSON value (the slow path)."""
+    row = 0
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"cannot parse line {number}: {exc.msg} (column {exc.colno})", file=str(path), row=row
+            ) from exc
+    raise DataError("cannot parse file as JSON Lines", file=str(path))
 
 
 def _canonical_columns(frame: pd.DataFrame, report: CleaningReport) -> pd.DataFrame:
@@ -176,6 +266,29 @@ def _as_text(series: pd.Series) -> pd.Series:
     """Strings with surrounding blanks stripped; blanks and NaN become NA (vectorized)."""
     text = series.astype("string").str.strip()
     return text.mask(text == "")
+
+
+_EXACT_FLOAT_INT = 2.0**53
+
+
+def _id_text(series: pd.Series, column: str, report: CleaningReport) -> pd.Series:
+    """Ids as text (see ``_as_text``); a whole-number float id is written as an integer.
+
+    Float ids only come from typed sources (Parquet written from a pandas integer column that
+    held a null, or a frame passed in); ``"7.0"`` would match no catalog id, so 7.0 becomes
+    ``"7"``, counted as the repair ``float_id_as_integer:<column>``. Non-whole floats, and
+    floats past 2**53 (which cannot hold every integer), keep pandas' text (``"7.5"``,
+    ``"1e+20"``) rather than a guess. NaN stays a missing id (a counted drop).
+    """
+    if series.dtype.kind == "f":
+        values = series.to_numpy(dtype="float64", na_value=np.nan)
+        whole = np.isfinite(values) & (np.abs(values) < _EXACT_FLOAT_INT)
+        whole[whole] = np.floor(values[whole]) == values[whole]
+        if whole.any():
+            report.repair(f"float_id_as_integer:{column}", series.index[whole])
+            as_int = pd.Series(np.where(whole, values, 0).astype(np.int64), index=series.index)
+            series = series.astype("string").where(~whole, as_int.astype("string"))
+    return _as_text(series)
 
 
 def _parse_timestamps(raw: pd.Series) -> pd.Series:
@@ -213,11 +326,13 @@ def _ns_range(parsed: pd.Series) -> pd.Series:
 def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     """Turn a raw event table into the canonical events frame (see module docstring)."""
     report = CleaningReport(file=file, rows_read=len(raw))
-    frame = _canonical_columns(raw.reset_index(drop=True), report)
+    # Indexed by file row number, so every report below (and, after the sort, source_rows)
+    # names the row the user sees in the file.
+    frame = _canonical_columns(raw.set_axis(pd.RangeIndex(1, len(raw) + 1), axis=0), report)
     _require(frame, REQUIRED_EVENT_COLUMNS, file)
 
-    user = _as_text(frame["user_id"])
-    item = _as_text(frame["item_id"])
+    user = _id_text(frame["user_id"], "user_id", report)
+    item = _id_text(frame["item_id"], "item_id", report)
     behavior_raw = _as_text(frame["behavior"])
     behavior = behavior_raw.str.lower()
     text = _as_text(frame["text"]) if "text" in frame.columns else pd.Series(np.nan, index=frame.index)
@@ -267,18 +382,20 @@ def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     duplicated = events.duplicated(keep="first")
     report.drop("duplicate", events.index[duplicated.to_numpy()])
     events = events[~duplicated.to_numpy()]
-    events = events.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    events = events.sort_values("timestamp", kind="stable")
+    source_rows = events.index.to_numpy(dtype=np.int64)
+    events = events.reset_index(drop=True)
     report.rows_kept = len(events)
-    return Loaded(events, report)
+    return Loaded(events, report, source_rows)
 
 
 def clean_items(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     """Turn a raw catalog into the canonical items frame; duplicate ids keep the first row."""
     report = CleaningReport(file=file, rows_read=len(raw))
-    frame = _canonical_columns(raw.reset_index(drop=True), report)
+    frame = _canonical_columns(raw.set_axis(pd.RangeIndex(1, len(raw) + 1), axis=0), report)
     _require(frame, REQUIRED_ITEM_COLUMNS, file)
     frame = frame.copy()
-    frame["item_id"] = _as_text(frame["item_id"])
+    frame["item_id"] = _id_text(frame["item_id"], "item_id", report)
     missing_id = frame["item_id"].isna()
     report.drop("missing_item_id", frame.index[missing_id])
     frame = frame[~missing_id]
@@ -303,9 +420,11 @@ def clean_items(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     else:
         frame["price"] = np.nan
     extras = [c for c in frame.columns if c not in ITEM_COLUMNS]
-    items = frame[list(ITEM_COLUMNS) + extras].reset_index(drop=True)
+    items = frame[list(ITEM_COLUMNS) + extras]
+    source_rows = items.index.to_numpy(dtype=np.int64)
+    items = items.reset_index(drop=True)
     report.rows_kept = len(items)
-    return Loaded(items, report)
+    return Loaded(items, report, source_rows)
 
 
 def load_events(path: str | Path, *, encoding: str = "utf-8") -> Loaded:
@@ -324,6 +443,9 @@ def load_items(path: str | Path, *, encoding: str = "utf-8") -> Loaded:
 def align_catalog(events: Loaded, items: Loaded) -> Loaded:
     """Drop events whose item is not in the catalog, counting them in the events report.
 
+    The ``unknown_item`` examples are file rows (``events.source_rows``), like every other
+    example in the report, and the returned ``Loaded`` keeps the kept rows' source rows.
+
     Raises ``DataError`` when NO event item matches the catalog: that is a format mismatch
     (e.g. numeric vs prefixed ids), not dirt, and dropping everything would hide it.
     """
@@ -339,12 +461,14 @@ def align_catalog(events: Loaded, items: Loaded) -> Loaded:
             file=events.report.file,
             column="item_id",
         )
-    if unknown.any():
-        events.report.dropped["unknown_item"] += int(unknown.sum())
-        events.report.examples["unknown_item"] = [int(i) + 1 for i in frame.index[unknown][:_EXAMPLE_ROWS]]
-        frame = frame[~unknown].reset_index(drop=True)
-        events.report.rows_kept = len(frame)
-    return Loaded(frame, events.report)
+    if not unknown.any():
+        return events
+    mask = unknown.to_numpy()
+    rows = events.rows()
+    events.report.drop("unknown_item", rows[mask])  # file rows, not positions in the sorted frame
+    frame = frame[~mask].reset_index(drop=True)
+    events.report.rows_kept = len(frame)
+    return Loaded(frame, events.report, rows[~mask])
 
 
 class UserHistories:

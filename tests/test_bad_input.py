@@ -3,8 +3,8 @@
 The corpus is built here (bytes written to a tmp dir) so each case shows exactly what is
 broken. Property-based tests (hypothesis) cover the loaders, the prompt budget (never
 exceeded) and grounding (output ⊆ candidates, no duplicates, no history items).
-Tests marked ``xfail(strict=True, reason="BUG: ...")`` pin bugs in modules this file does not
-own; each reason names the fix.
+An open bug in a module this file does not own is pinned with ``xfail(strict=True,
+reason="BUG: ...")`` naming the fix, and the marker is removed with the fix.
 """
 
 from __future__ import annotations
@@ -159,12 +159,6 @@ def test_dirty_rows_are_dropped_or_repaired_and_every_one_is_counted(tmp_path: P
     assert loaded.frame["behavior"].tolist() == ["view", "rating", "search", "purchase"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/data.py align_catalog reports unknown_item example rows as positions in the cleaned, "
-    "time-sorted frame, not file rows as CleaningReport promises (row 10 is reported as 4); fix: keep each "
-    "event's source row (e.g. the pre-reset index, in Loaded) through clean_events and report that",
-)
 def test_unknown_item_examples_name_the_file_row(tmp_path: Path) -> None:
     rows = b"u1,A,view,2026-01-05,,\nu1,B,view,2026-01-01,,\nu1,ZZZ,view,2026-01-03,,\n"
     items = load_items(_write(tmp_path, "items.csv", ITEMS))
@@ -210,12 +204,6 @@ def test_numeric_looking_ids_stay_strings_across_formats(tmp_path: Path) -> None
     assert aligned.frame["item_id"].tolist() == ["42"]  # 42 is not 0042: no silent re-padding
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: agent/data.py read_table: JSON/JSONL integer ids with a null in the column become floats "
-    "('7.0'), so they match no catalog id; fix: read JSON with dtype=object (e.g. "
-    "pd.DataFrame.from_records(json lines) / pd.read_json(..., dtype={col: object})) before _as_text",
-)
 def test_integer_json_ids_next_to_a_null_stay_integers(tmp_path: Path) -> None:
     jsonl = (
         b'{"user_id": 1, "item_id": 7, "behavior": "view", "timestamp": "2026-01-01"}\n'
