@@ -17,41 +17,47 @@ after the title and a " - ", ":", "—" or "->" is its reason. Ids are recognise
 tokens equal to a known id; plain numbers only in an explicit "[42]" / "id: 42" context.
 
 Titles are compared normalised (accents, case, years, punctuation, moved articles:
-"Shadow, The (1994)" == "The Shadow"): exactly, then as a shortened form that a single
-item has, then with rapidfuzz ``fuzz.ratio >= FUZZY_CUTOFF`` on titles of at least
-``MIN_FUZZY_CHARS`` characters, the same numbers (Arabic or Roman: "Die Hard 7" is not
-"Die Hard 2") and no substituted word ("Pokemon Moon" is not "Pokemon Sun").
+"Shadow, The (1994)" == "The Shadow"; see :mod:`agent.titles`): exactly, then as a
+shortened form that a single item has, then with rapidfuzz ``fuzz.ratio >= FUZZY_CUTOFF``
+on titles of at least ``MIN_FUZZY_CHARS`` characters, the same numbers (Arabic or Roman:
+"Die Hard 7" is not "Die Hard 2") and no substituted word ("Pokemon Moon" is not "Pokemon
+Sun").
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
-import unicodedata
-from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 from rapidfuzz import fuzz, process
-from rapidfuzz.distance import Levenshtein
+
+from agent.titles import (
+    ARTICLES,
+    BARE_YEAR_RE,
+    WORD_RE,
+    YEAR_RE,
+    Words,
+    core_words,
+    fold,
+    same_words,
+    title_keys,
+    title_numbers,
+    title_words,
+)
 
 FUZZY_CUTOFF = 90.0
 """Minimum ``fuzz.ratio`` of two normalised titles (about one typo per 10 characters)."""
 MIN_FUZZY_CHARS = 8
 """Shorter titles must match exactly ("Shadows" is not "Shadow")."""
-MIN_PREFIX_WORDS = 3
-"""A unique word prefix this long names an item ("Anker PowerCore 10000" for a long title)."""
 
 _ID_KEYS = ("item_id", "id", "asin", "movie_id", "product_id")
 _TITLE_KEYS = ("title", "name", "item", "movie", "product")
 _REASON_KEYS = ("reason", "explanation", "why", "rationale", "justification")
 _LIST_KEYS = ("items", "recommendations", "ranking", "ranked_items", "results", "item_ids", "ids", "titles")
-_ROMAN = {"ii": 2, "iii": 3, "iv": 4, "vi": 6, "vii": 7, "viii": 8, "ix": 9, "xi": 11, "xii": 12, "xiii": 13}
-_ARTICLES = frozenset({"the", "a", "an"})
-_SMALL_WORDS = _ARTICLES | {"and", "of"}
 _CONNECTORS = frozenset({"of", "the", "and", "in", "on", "at", "to", "for", "from", "with", "vs", "or", "a"})
 _CONTEXT_RE = re.compile(
     r"(?:\b(?:watched|liked|enjoyed|loved|bought|purchased|viewed|read|played|rated|saw|seen|owned|tried|"
@@ -64,14 +70,6 @@ _LEAD_RE = re.compile(
     r"rank(?:ed)?|no|number|choice|option|candidate|answer|book|song|game)(?![^\W_]))+[\W_]*$",
     re.I,
 )
-_YEAR_RE = re.compile(r"[(\[]\s*((?:1[89]|20)\d\d)(?:\s*[-–]\s*(?:\d{2,4})?)?\s*[)\]]")
-_BARE_YEAR_RE = re.compile(r"^(?:1[89]|20)\d\d$")
-_WORD_RE = re.compile(r"[^\W_]+")
-_DIGITS_RE = re.compile(r"\d+")
-_MOVED_RE = re.compile(r",\s*(the|an?|les|la|le|l'|il|el|das|die|der|los|las|lo|gli|i)\s*$", re.I)
-_LEADING_ARTICLE_RE = re.compile(r"^(?:the|an?)\s+", re.I)
-_PAREN_RE = re.compile(r"\(([^()]*)\)")
-_AKA_RE = re.compile(r"^(?:a\.?k\.?a\.?|aka)\s+", re.I)
 _FENCE_LINE_RE = re.compile(r"^\s*(?:```|~~~)")
 _FENCED_RE = re.compile(r"```[\w-]*[ \t]*\n?(.*?)(?:```|$)", re.S)
 _TABLE_RULE_RE = re.compile(r"^(?=.*---)(?=.*\|)[\s:|-]+$")
@@ -80,14 +78,12 @@ _MARKER_RE = re.compile(r"^(?:[-*•+▪●◦‣]\s+|\(?#?\d{1,3}[.)](?=\s|$)\s
 _EMPH_RE = re.compile(r"\*\*|__|~~|`|(?<!\w)[*_](?=\S)|(?<=\S)[*_](?!\w)")
 _EMPH_CHARS = frozenset("*_~`")
 _LINK_RE = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_HEAD_SEP_RE = re.compile(r"\s+[-–|]\s+|,\s+")
 _SEP_RE = re.compile(r"\s+[-–]+\s+|\s*(?:—|->|→|=>|⇒)\s*|:\s+|\s+\|\s+")
 _ID_TOKEN_RE = re.compile(r"[^\s,;()\[\]{}<>\"'`*|]+")
 _ID_CONTEXT_RE = re.compile(r"(?:(?:\b|_)(?:id|item)[\"']?\s*[:=#]?\s*[\"']?|#)$", re.I)
 _QUOTES = " \t\"'“”‘’«»`.,;[]"
 
 Ids = tuple[str, ...]
-Words = tuple[list[str], str | None]  # normalised words, year
 Hit = tuple[int, Ids, bool]  # offset, ids, introduced as context ("you watched X")
 _Mention = tuple[Ids | None, str, str | None]  # ids (None: invented), text, reason
 
@@ -189,7 +185,7 @@ class _Grounder:
         ]:
             if not isinstance(title, str) or not title.strip():
                 continue
-            self.year[item_id], spellings, short = _title_keys(title)
+            self.year[item_id], spellings, short = title_keys(title)
             for keys in spellings:
                 for index, key in zip((self.exact, self.core, self.joined), keys, strict=True):
                     if key and item_id not in index.setdefault(key, []):
@@ -214,11 +210,11 @@ class _Grounder:
         return tuple(sorted(same_year or ids, key=lambda i: i in self.hist))
 
     def exact_title(self, toks: list[str], year: str | None) -> Ids | None:
-        ids = self.exact.get(" ".join(toks)) or self.joined.get("".join(_core(toks))) if toks else None
+        ids = self.exact.get(" ".join(toks)) or self.joined.get("".join(core_words(toks))) if toks else None
         return self._prefer(ids, year) if ids else None
 
     def approx_title(self, toks: list[str], year: str | None) -> Ids | None:
-        core = _core(toks)
+        core = core_words(toks)
         key = " ".join(core)
         if key in self.short:
             return (self.short[key],)
@@ -227,12 +223,12 @@ class _Grounder:
         for alias, _, _ in process.extract(
             key, self.keys, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF, limit=4
         ):
-            if _numbers(alias.split()) == _numbers(core) and _same_words(core, alias.split()):
+            if title_numbers(alias.split()) == title_numbers(core) and same_words(core, alias.split()):
                 return self._prefer(self.core[alias], year)
         return None
 
     def title(self, text: str) -> Ids | None:
-        words = _words(text)
+        words = title_words(text)
         return self.exact_title(*words) or self.approx_title(*words)
 
     def span(
@@ -263,16 +259,16 @@ class _Grounder:
 
     def scan(self, text: str) -> list[Hit]:
         """Ids and whole titles inside free text, in order."""
-        folded = _fold(text)
-        t = _YEAR_RE.sub(lambda m: ";" + " " * (len(m.group()) - 1), folded)  # a year ends a title
-        ms = list(_WORD_RE.finditer(t))
+        folded = fold(text)
+        t = YEAR_RE.sub(lambda m: ";" + " " * (len(m.group()) - 1), folded)  # a year ends a title
+        ms = list(WORD_RE.finditer(t))
         low = [m.group().lower() for m in ms]
         hits, k = self.id_tokens(text), 0
         while k < len(ms):
             for toks, ids in self.first.get(low[k], ()):
                 if tuple(low[k : k + len(toks)]) == toks and self._bounded(t, ms, low, k, len(toks)):
                     end = ms[k + len(toks) - 1].end()
-                    year = _YEAR_RE.match(folded, end + len(t[end:]) - len(t[end:].lstrip()))
+                    year = YEAR_RE.match(folded, end + len(t[end:]) - len(t[end:].lstrip()))
                     ids = self._prefer(list(ids), year.group(1) if year else None)
                     hits.append((ms[k].start(), ids, bool(_CONTEXT_RE.search(" ".join(low[:k])))))
                     k += len(toks) - 1
@@ -294,13 +290,13 @@ class _Grounder:
         a = last = k + n - 1
         if adjacent(last):
             nxt = low[last + 1]
-            if (_numbers([nxt]) and not _BARE_YEAR_RE.match(nxt)) or titled(last + 1):
+            if (title_numbers([nxt]) and not BARE_YEAR_RE.match(nxt)) or titled(last + 1):
                 return False
             while adjacent(a) and low[a + 1] in _CONNECTORS:  # "Shadow of the Vampire"
                 a += 1
             if a > last and adjacent(a) and titled(a + 1):
                 return False
-        if k > 0 and adjacent(k - 1) and titled(k - 1) and low[k - 1] not in _ARTICLES:
+        if k > 0 and adjacent(k - 1) and titled(k - 1) and low[k - 1] not in ARTICLES:
             return k == 1 or any(c in '.!?:;"“(' for c in t[ms[k - 2].end() : ms[k - 1].start()])
         return True
 
@@ -309,7 +305,7 @@ class _Grounder:
         if not body:
             return []
         bounds = _pieces(body)
-        words = [_words(body[a:b]) for a, b in bounds]
+        words = [title_words(body[a:b]) for a, b in bounds]
 
         def rest(j: int) -> str | None:  # the reason after piece j
             return body[bounds[j + 1][0] :] if j + 1 < len(bounds) else None
@@ -373,92 +369,6 @@ class _Grounder:
         return out
 
 
-def _fold(text: str) -> str:
-    if text.isascii():
-        return text
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-def _words(text: str) -> Words:
-    """Normalised lower-case words (year, notes in parentheses and punctuation dropped), year."""
-    text = _fold(html.unescape(text) if "&" in text else text).replace("&", " and ")
-    m = _YEAR_RE.search(text)
-    text = _YEAR_RE.sub(" ", text) if m else text
-    toks = _WORD_RE.findall((_PAREN_RE.sub(" ", text) if "(" in text else text).lower())
-    year = m.group(1) if m else None
-    if len(toks) > 1 and _BARE_YEAR_RE.match(toks[-1]):
-        year = year or toks.pop()
-    return toks, year
-
-
-@lru_cache(maxsize=1 << 16)
-def _title_keys(title: str) -> tuple[str | None, tuple[tuple[str, str, str], ...], frozenset[str]]:
-    """Year, (exact, core, joined) key of each spelling, and shortened keys of a title.
-
-    Spellings: as given, article moved back or dropped, MovieLens alternate titles ("Seven
-    (a.k.a. Se7en) (1995)"). Shortened: word prefixes of ``MIN_PREFIX_WORDS`` or more that
-    leave 2+ words out, and the part before " - ", "|" or "," ("Pokemon Sun" for "Pokemon Sun
-    - Nintendo 3DS"). Cached: a catalog's titles recur in every request.
-    """
-    m = _YEAR_RE.search(title)
-    t = _YEAR_RE.sub(" ", title)
-    forms = {_PAREN_RE.sub(" ", t)}
-    for paren in _PAREN_RE.finditer(t) if m else ():
-        if _AKA_RE.match(inner := paren.group(1).strip()) or len(inner.split()) > 1:
-            forms.add(_AKA_RE.sub("", inner))
-    spellings: list[tuple[str, str, str]] = []
-    short: set[str] = set()
-    for form in forms:
-        form = " ".join(form.split()).strip(" ,")
-        moved = _MOVED_RE.search(form)
-        base = form[: moved.start()] if moved else _LEADING_ARTICLE_RE.sub("", form)
-        for spelling in {form, base, f"{moved.group(1)} {base}" if moved else form}:
-            core = _core(toks := _words(spelling)[0])
-            spellings.append((" ".join(toks), " ".join(core), "".join(core)))
-            short.update(" ".join(core[:n]) for n in range(MIN_PREFIX_WORDS, len(core) - 1))
-    head = _core(_words(_HEAD_SEP_RE.split(t, maxsplit=1)[0])[0])
-    if len(head) >= 2:
-        short.add(" ".join(head))
-    return (m.group(1) if m else None), tuple(spellings), frozenset(short)
-
-
-def _core(toks: list[str]) -> list[str]:
-    """Words without a leading or trailing English article ("the omen", "omen the" -> "omen")."""
-    start = 1 if len(toks) > 1 and toks[0] in _ARTICLES else 0
-    end = len(toks) - 1 if len(toks) - start > 1 and toks[-1] in _ARTICLES else len(toks)
-    return toks[start:end]
-
-
-def _numbers(toks: list[str]) -> list[int]:
-    """Sorted numbers in the words: digit runs ("2k13" -> 2, 13) and Roman numerals."""
-    return sorted(
-        [int(d) for d in _DIGITS_RE.findall(" ".join(toks))] + [_ROMAN[t] for t in toks if t in _ROMAN]
-    )
-
-
-def _same_words(a: list[str], b: list[str]) -> bool:
-    """Does every word pair with an equal or misspelt one ("monkies" ~ "monkeys")?
-
-    A misspelling is one edit, or indel similarity >= 85, between words of 4+ letters: not
-    "sensitivity" ~ "sensibility", "moon" ~ "sun", "grumpier" ~ "grumpy", "x3" ~ "3".
-    """
-    diff = Counter(w for w in a if w not in _SMALL_WORDS)
-    diff.subtract(w for w in b if w not in _SMALL_WORDS)
-    extra_b = sorted((-diff).elements())
-    for word in sorted(diff.elements()):
-        near = [
-            w
-            for w in extra_b
-            if min(len(w), len(word)) >= 4
-            and (w + word).isalpha()
-            and (Levenshtein.distance(w, word) <= 1 or fuzz.ratio(w, word) >= 85)
-        ]
-        if not near:
-            return False
-        extra_b.remove(near[0])
-    return not extra_b
-
-
 def _distinctive(token: str) -> bool:
     """Can this id be recognised anywhere in prose? Not plain numbers or words."""
     digits = sum(c.isdecimal() for c in token)
@@ -489,7 +399,7 @@ def _pieces(body: str) -> list[tuple[int, int]]:
 
 
 def _title_like(body: str) -> bool:
-    toks = _WORD_RE.findall(body)
+    toks = WORD_RE.findall(body)
     if not toks or len(toks) > 8 or body.rstrip()[-1] in ".:!?":
         return False
     longer = [t for t in toks if len(t) >= 4]

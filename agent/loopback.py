@@ -9,7 +9,9 @@ Serves ``POST /v1/chat/completions`` (plain and SSE streaming), ``GET /v1/models
 Files + Batch API (see :mod:`agent.loopback_batch`). ``faults`` injects failures (HTTP
 errors, 429s with retry-after headers, hangs, connection resets, malformed JSON, content
 filter); ``limits`` enforces RPM/TPM token buckets with ``x-ratelimit-*`` headers.
-Every request is recorded in ``srv.requests`` with credentials redacted.
+Every request is recorded in ``srv.requests`` with credentials redacted. What a responder
+may answer (``Reply``, ``Fault``, ``ScriptedResponder``...) and the JSON built from it live
+in :mod:`agent.loopback_replies`; the public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,12 +30,28 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, cast
 
 from agent.loopback_batch import BatchConfig, BatchStore, parse_multipart
+from agent.loopback_replies import (
+    DEFAULT_MODEL,
+    Answer,
+    Fault,
+    FaultFn,
+    FaultKind,
+    FaultPlan,
+    Reply,
+    Responder,
+    ScriptedResponder,
+    completion_body,
+    default_responder,
+    error_body,
+    estimate_tokens,
+    fault_answer,
+    stream_events,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -52,136 +70,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "loopback-model"
 REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "proxy-authorization", "cookie"})
-
-
-@dataclass
-class Reply:
-    """One model answer. Token counts default to rough estimates (characters / 4)."""
-
-    content: str | None = None
-    finish_reason: str = "stop"
-    refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    cached_tokens: int = 0
-
-
-class FaultKind(Enum):
-    RATE_LIMIT = "rate_limit"  # 429 rate_limit_exceeded (+ retry-after / retry-after-ms)
-    INSUFFICIENT_QUOTA = "insufficient_quota"  # 429 insufficient_quota
-    HTTP_ERROR = "http_error"  # any status with an OpenAI-style error body (400/401/404/500/502/503...)
-    TIMEOUT = "timeout"  # hold the request for delay_s, then drop it without an answer
-    RESET = "reset"  # abort the TCP connection (RST) without a response
-    MALFORMED_JSON = "malformed_json"  # 200 application/json "{not json"
-    CONTENT_FILTER = "content_filter"  # 200 with finish_reason "content_filter", content null
-    RAW = "raw"  # status, body and headers exactly as given
-
-
-_HTTP_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
-    400: ("invalid_request_error", None, "Invalid request (injected fault)."),
-    401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
-    403: ("invalid_request_error", "unsupported_country_region_territory", "Permission denied."),
-    404: (
-        "invalid_request_error",
-        "model_not_found",
-        "The model does not exist or you do not have access to it.",
-    ),
-    500: ("server_error", None, "The server had an error while processing your request."),
-    502: ("server_error", None, "Bad gateway."),
-    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
-}
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A failure to inject; build with the class methods (``Fault.http(503)`` ...)."""
-
-    kind: FaultKind
-    status: int = 200
-    message: str | None = None
-    retry_after: float | None = None  # -> "retry-after" header (seconds)
-    retry_after_ms: int | None = None  # -> "retry-after-ms" header
-    delay_s: float = 30.0  # TIMEOUT: how long to hold the request
-    body: Any = None  # RAW: dict/list -> JSON, str/bytes -> sent as is
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def rate_limit(cls, retry_after: float | None = 1, retry_after_ms: int | None = None) -> Fault:
-        return cls(FaultKind.RATE_LIMIT, 429, retry_after=retry_after, retry_after_ms=retry_after_ms)
-
-    @classmethod
-    def insufficient_quota(cls) -> Fault:
-        return cls(FaultKind.INSUFFICIENT_QUOTA, 429)
-
-    @classmethod
-    def http(cls, status: int, message: str | None = None, headers: dict[str, str] | None = None) -> Fault:
-        return cls(FaultKind.HTTP_ERROR, status, message=message, headers=dict(headers or {}))
-
-    @classmethod
-    def timeout(cls, delay_s: float = 30.0) -> Fault:
-        return cls(FaultKind.TIMEOUT, delay_s=delay_s)
-
-    @classmethod
-    def reset(cls) -> Fault:
-        return cls(FaultKind.RESET)
-
-    @classmethod
-    def malformed_json(cls) -> Fault:
-        return cls(FaultKind.MALFORMED_JSON)
-
-    @classmethod
-    def content_filter(cls) -> Fault:
-        return cls(FaultKind.CONTENT_FILTER)
-
-    @classmethod
-    def raw(cls, status: int, body: Any, headers: dict[str, str] | None = None) -> Fault:
-        return cls(FaultKind.RAW, status, body=body, headers=dict(headers or {}))
-
-
-FaultFn = Callable[[int, dict[str, Any]], "Fault | None"]
-Responder = Callable[[dict[str, Any]], "Reply | Fault | dict[str, Any] | str"]
-
-
-class FaultPlan:
-    """``faults[i]`` for chat call i (None = pass through), then ``when(i, body)`` if given."""
-
-    def __init__(self, faults: Sequence[Fault | None] = (), *, when: FaultFn | None = None) -> None:
-        self.faults = list(faults)
-        self.when = when
-
-    def __call__(self, call_index: int, body: dict[str, Any]) -> Fault | None:
-        if call_index < len(self.faults):
-            return self.faults[call_index]
-        return self.when(call_index, body) if self.when else None
-
-
-class ScriptedResponder:
-    """Returns ``replies`` in order (thread-safe); ``calls`` keeps every request body.
-
-    Past the end it raises, which the server turns into a 500 naming the problem."""
-
-    def __init__(self, replies: Sequence[Reply | Fault | dict[str, Any] | str]) -> None:
-        self.replies = list(replies)
-        self.calls: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, body: dict[str, Any]) -> Reply | Fault | dict[str, Any] | str:
-        with self._lock:
-            self.calls.append(body)
-            if len(self.calls) > len(self.replies):
-                raise IndexError(
-                    f"ScriptedResponder: call {len(self.calls)} but only {len(self.replies)} replies"
-                )
-            return self.replies[len(self.calls) - 1]
-
-
-def default_responder(body: dict[str, Any]) -> Reply:
-    """Answers every request with the minimal valid JSON document ``{}``."""
-    return Reply("{}")
 
 
 @dataclass(frozen=True)
@@ -220,79 +110,6 @@ class ServerStats:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _error_body(
-    message: str, type_: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def _estimate(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
-
-
-def _tool_call(i: int, tc: dict[str, Any]) -> dict[str, Any]:
-    if "function" in tc:
-        return tc
-    args = tc.get("arguments", {})
-    fn = {"name": tc["name"], "arguments": args if isinstance(args, str) else json.dumps(args)}
-    return {"id": tc.get("id", f"call_{i}"), "type": "function", "function": fn}
-
-
-def completion_body(reply: Reply, request: dict[str, Any]) -> dict[str, Any]:
-    """The ``chat.completion`` object for ``reply`` (the shape of openai's ``ChatCompletion``)."""
-    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": reply.refusal}
-    if reply.tool_calls:
-        message["tool_calls"] = [_tool_call(i, tc) for i, tc in enumerate(reply.tool_calls)]
-    prompt = reply.prompt_tokens
-    if prompt is None:
-        prompt = _estimate(json.dumps(request.get("messages", []), ensure_ascii=False))
-    done = reply.completion_tokens
-    if done is None:
-        done = _estimate(
-            (reply.content or "") + (reply.refusal or "") + json.dumps(message.get("tool_calls", ""))
-        )
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": str(request.get("model") or DEFAULT_MODEL),
-        "system_fingerprint": "fp_loopback",
-        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": done,
-            "total_tokens": prompt + done,
-            "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": 0},
-        },
-    }
-
-
-def _stream_events(completion: dict[str, Any], include_usage: bool) -> list[bytes]:
-    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
-    choice = completion["choices"][0]
-    msg = choice["message"]
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        c = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-        return {**base, "object": "chat.completion.chunk", "choices": [c]}
-
-    events = [chunk({"role": "assistant", "content": ""})]
-    text = msg.get("content") or ""
-    events += [chunk({"content": text[i : i + 16]}) for i in range(0, len(text), 16)]
-    if msg.get("refusal"):
-        events.append(chunk({"refusal": msg["refusal"]}))
-    events += [
-        chunk({"tool_calls": [{"index": i, **tc}]}) for i, tc in enumerate(msg.get("tool_calls") or [])
-    ]
-    events.append(chunk({}, choice["finish_reason"]))
-    if include_usage:
-        events.append(
-            {**base, "object": "chat.completion.chunk", "choices": [], "usage": completion["usage"]}
-        )
-    return [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
-
-
 def _duration(seconds: float) -> str:
     """OpenAI's reset format: "20ms", "1.5s", "6m0s"."""
     if seconds < 1:
@@ -322,22 +139,6 @@ class _Bucket:
             f"x-ratelimit-remaining-{name}": str(max(0, int(self.level))),
             f"x-ratelimit-reset-{name}": _duration((self.capacity - self.level) / self.rate),
         }
-
-
-@dataclass
-class _Out:
-    """What the handler sends: a body, an SSE stream, or nothing (drop / reset)."""
-
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    content_type: str = "application/json"
-    events: list[bytes] | None = None
-    action: str = "send"  # "send" | "drop" | "reset"
-
-    @classmethod
-    def json(cls, status: int, obj: Any, headers: dict[str, str] | None = None) -> _Out:
-        return cls(status, json.dumps(obj).encode(), dict(headers or {}))
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -409,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             out = self.owner._handle(method, self.path, headers, raw)
         except Exception as exc:  # a bug in a responder or here: answer 500, keep serving
             log.exception("loopback: error handling %s %s", method, self.path)
-            out = _Out.json(500, _error_body(f"loopback server error: {exc!r}", "server_error"))
+            out = Answer.json(500, error_body(f"loopback server error: {exc!r}", "server_error"))
         if out.action != "send":
             self.close_connection = True
             if out.action == "reset":  # SO_LINGER 0 + close: the peer gets a TCP RST
@@ -568,36 +369,38 @@ class LoopbackServer:
             self.stats.requests += 1
         return body
 
-    def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> _Out:
+    def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
         body = self._record(method, target, headers, raw)
         path = target.split("?", 1)[0].rstrip("/")
         if method == "POST" and path == "/v1/chat/completions":
             if not isinstance(body, dict):
-                return _Out.json(
-                    400, _error_body("The request body must be a JSON object.", "invalid_request_error")
+                return Answer.json(
+                    400, error_body("The request body must be a JSON object.", "invalid_request_error")
                 )
             return self._chat(body)
         if method == "GET" and path == "/v1/models":
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "loopback"} for m in self.models]
-            return _Out.json(200, {"object": "list", "data": data})
+            return Answer.json(200, {"object": "list", "data": data})
         if method == "GET" and path.startswith("/v1/models/") and path[11:] in self.models:
-            return _Out.json(200, {"id": path[11:], "object": "model", "created": 0, "owned_by": "loopback"})
+            return Answer.json(
+                200, {"id": path[11:], "object": "model", "created": 0, "owned_by": "loopback"}
+            )
         result = self.batches.handle(method, path, headers.get("content-type", ""), raw)
         if result is None:
             msg = f"Unknown request URL: {method} {path}."
-            return _Out.json(404, _error_body(msg, "invalid_request_error", "unknown_url"))
+            return Answer.json(404, error_body(msg, "invalid_request_error", "unknown_url"))
         status, payload = result
         if isinstance(payload, bytes):
-            return _Out(status, payload, content_type="application/octet-stream")
-        return _Out.json(status, payload)
+            return Answer(status, payload, content_type="application/octet-stream")
+        return Answer.json(status, payload)
 
-    def _chat(self, body: dict[str, Any]) -> _Out:
+    def _chat(self, body: dict[str, Any]) -> Answer:
         with self._lock:
             index = self._calls
             self._calls += 1
             self.stats.chat_completions += 1
         if self.latency_s and self._stop.wait(self.latency_s):
-            return _Out(action="drop")
+            return Answer(action="drop")
         fault = self.faults(index, body) if self.faults else None
         if fault is None:
             early = self._check_request(body)
@@ -613,20 +416,20 @@ class LoopbackServer:
             return self._fault_out(result, body, stream)
         if isinstance(result, dict):
             if stream:
-                return _Out(events=[f"data: {json.dumps(result)}\n\n".encode(), b"data: [DONE]\n\n"])
-            return _Out.json(200, result)
+                return Answer(events=[f"data: {json.dumps(result)}\n\n".encode(), b"data: [DONE]\n\n"])
+            return Answer.json(200, result)
         completion = completion_body(Reply(result) if isinstance(result, str) else result, body)
         self._count_tokens(completion)
         if stream:
             include = bool((body.get("stream_options") or {}).get("include_usage"))
-            return _Out(events=_stream_events(completion, include))
-        return _Out.json(200, completion)
+            return Answer(events=stream_events(completion, include))
+        return Answer.json(200, completion)
 
-    def _check_request(self, body: dict[str, Any]) -> _Out | None:
+    def _check_request(self, body: dict[str, Any]) -> Answer | None:
         """Request validation, rate limits and the json_schema rejection; None = go on."""
         if not isinstance(body.get("messages"), list):
-            return _Out.json(400, _error_body("'messages' is a required property", "invalid_request_error"))
-        cost = _estimate(json.dumps(body["messages"], ensure_ascii=False))
+            return Answer.json(400, error_body("'messages' is a required property", "invalid_request_error"))
+        cost = estimate_tokens(json.dumps(body["messages"], ensure_ascii=False))
         cost += int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
         blocked: tuple[float, str, _Bucket, int] | None = None
         with self._lock:
@@ -648,52 +451,21 @@ class LoopbackServer:
             )
             if need > bucket.capacity:  # never fits: no retry hint, as OpenAI's "Request too large"
                 msg = f"Request too large {where}, Requested {need}. The input or output tokens must be reduced."
-                return _Out.json(429, _error_body(msg, "tokens", "rate_limit_exceeded"))
+                return Answer.json(429, error_body(msg, "tokens", "rate_limit_exceeded"))
             used = int(bucket.capacity - bucket.level)
             msg = f"Rate limit reached {where}, Used {used}, Requested {need}. Please try again in {_duration(wait)}."
             headers = {"retry-after-ms": str(math.ceil(wait * 1000)), "retry-after": str(math.ceil(wait))}
-            return _Out.json(429, _error_body(msg, "requests", "rate_limit_exceeded"), headers)
+            return Answer.json(429, error_body(msg, "requests", "rate_limit_exceeded"), headers)
         fmt = body.get("response_format")
         if self.reject_json_schema and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
             msg = "response_format of type 'json_schema' is not supported by this server; use 'json_object'."
-            return _Out.json(400, _error_body(msg, "invalid_request_error", None, "response_format"))
+            return Answer.json(400, error_body(msg, "invalid_request_error", None, "response_format"))
         return None
 
-    def _fault_out(self, fault: Fault, body: dict[str, Any], stream: bool) -> _Out:
-        kind = fault.kind
-        if kind is FaultKind.TIMEOUT:
-            self._stop.wait(fault.delay_s)
-            return _Out(action="drop")
-        if kind is FaultKind.RESET:
-            return _Out(action="reset")
-        if kind is FaultKind.MALFORMED_JSON:
-            if stream:
-                return _Out(events=[b"data: {not json\n\n", b"data: [DONE]\n\n"])
-            return _Out(200, b"{not json")
-        if kind is FaultKind.CONTENT_FILTER:
-            completion = completion_body(Reply(None, finish_reason="content_filter"), body)
-            return _Out(events=_stream_events(completion, False)) if stream else _Out.json(200, completion)
-        if kind is FaultKind.RAW:
-            payload = fault.body if isinstance(fault.body, bytes) else str(fault.body).encode()
-            if isinstance(fault.body, dict | list):
-                payload = json.dumps(fault.body).encode()
-            return _Out(fault.status, payload, dict(fault.headers))
-        headers = dict(fault.headers)
-        if kind is FaultKind.RATE_LIMIT:
-            if fault.retry_after is not None:
-                headers["retry-after"] = f"{fault.retry_after:g}"
-            if fault.retry_after_ms is not None:
-                headers["retry-after-ms"] = str(fault.retry_after_ms)
-            msg = fault.message or "Rate limit reached (injected fault). Please try again later."
-            return _Out.json(429, _error_body(msg, "requests", "rate_limit_exceeded"), headers)
-        if kind is FaultKind.INSUFFICIENT_QUOTA:
-            msg = (
-                fault.message
-                or "You exceeded your current quota, please check your plan and billing details."
-            )
-            return _Out.json(429, _error_body(msg, "insufficient_quota", "insufficient_quota"), headers)
-        type_, code, msg = _HTTP_DEFAULTS.get(fault.status, ("server_error", None, f"HTTP {fault.status}."))
-        return _Out.json(fault.status, _error_body(fault.message or msg, type_, code), headers)
+    def _fault_out(self, fault: Fault, body: dict[str, Any], stream: bool) -> Answer:
+        if fault.kind is FaultKind.TIMEOUT:
+            self._stop.wait(fault.delay_s)  # close() wakes held requests
+        return fault_answer(fault, body, stream)
 
     def _count_tokens(self, completion: dict[str, Any]) -> None:
         usage = completion.get("usage") or {}
@@ -708,7 +480,7 @@ class LoopbackServer:
         try:
             result = self.responder(body)
         except Exception as exc:
-            return 500, _error_body(f"loopback responder error: {exc!r}", "server_error")
+            return 500, error_body(f"loopback responder error: {exc!r}", "server_error")
         if isinstance(result, Fault):  # hangs, resets and non-JSON bodies become a 500 line
             hang = result.kind in (FaultKind.TIMEOUT, FaultKind.RESET, FaultKind.MALFORMED_JSON)
             out = None if hang else self._fault_out(result, body, False)
@@ -717,7 +489,7 @@ class LoopbackServer:
             except ValueError:
                 parsed = None
             if out is None or not isinstance(parsed, dict):
-                return 500, _error_body("The server had an error processing this request.", "server_error")
+                return 500, error_body("The server had an error processing this request.", "server_error")
             return out.status, parsed
         if isinstance(result, dict):
             return 200, result

@@ -30,14 +30,9 @@ from openai.types.chat import ChatCompletionToolMessageParam, ChatCompletionTool
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from agent import errors
+from agent.constraints import Constraints, recommend_with_constraints
 from agent.content import ContentGenerator
-from agent.conversation import (
-    ChatFeedback,
-    Constraints,
-    catalog_categories,
-    recommend_with_constraints,
-    record_feedback,
-)
+from agent.conversation import ChatFeedback, catalog_categories, record_feedback
 from agent.domains import DomainPreset, preset_for
 from agent.recommender import RecommenderAgent
 from agent.schemas import StrictModel, strict_json_schema

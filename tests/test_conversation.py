@@ -17,16 +17,8 @@ from agent import errors, standin_chat
 from agent.candidates import Candidate
 from agent.cassette import Cassette, ReplayTransport
 from agent.cli import main
-from agent.conversation import (
-    Constraints,
-    ConstraintUpdate,
-    Conversation,
-    ConversationState,
-    ShownItem,
-    apply_constraints,
-    merge_update,
-    update_model,
-)
+from agent.constraints import Constraints, ConstraintUpdate, apply_constraints, merge_update, update_model
+from agent.conversation import Conversation, ConversationState, ShownItem
 from agent.data import align_catalog, load_events, load_items
 from agent.llm import ChatClient, LLMConfig
 from agent.loopback import Fault, LoopbackServer
