@@ -10,11 +10,13 @@ model can still see that older events were left out.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
 from agent.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT
 from agent.privacy import Scrubber
@@ -48,6 +50,8 @@ class Catalog:
             )
             for row in items[["item_id", "title", "category", "price", "description"]].itertuples(index=False)
         }
+        # Scrubbing a description costs several regex passes; items repeat across users.
+        self._scrubbed: dict[tuple[str, int, tuple[str, ...]], tuple[str | None, Counter[str]]] = {}
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
@@ -72,24 +76,50 @@ class Catalog:
             title=_clip(info.title, MAX_TITLE_CHARS) or item_id,
             category=info.category,
             price=info.price,
-            description=scrubber.scrub(description),
+            description=self._scrub_description(item_id, description, description_chars, scrubber),
         )
+
+    def _scrub_description(
+        self, item_id: str, description: str | None, chars: int, scrubber: Scrubber
+    ) -> str | None:
+        """``scrubber.scrub(description)``, computed once per item and settings (counts included)."""
+        if description is None or not scrubber.enabled or type(scrubber) is not Scrubber:
+            return scrubber.scrub(description)
+        key = (item_id, chars, tuple(scrubber.kinds))
+        cached = self._scrubbed.get(key)
+        if cached is None:
+            fresh = Scrubber(kinds=scrubber.kinds)
+            cached = self._scrubbed[key] = (fresh.scrub(description), fresh.counts)
+        scrubbed, counts = cached
+        if counts:
+            scrubber.counts.update(counts)
+        return scrubbed
 
 
 def keep_priority(user_events: pd.DataFrame, keep_recent: int = 5) -> list[int]:
     """Row positions from most to least worth keeping (see module docstring)."""
-    n = len(user_events)
-    weights = user_events["behavior"].map(DEFAULT_BEHAVIOR_WEIGHTS).fillna(DEFAULT_UNKNOWN_WEIGHT).abs()
-    is_rating = (user_events["behavior"] == "rating").to_numpy()
-    signal = weights.to_numpy(dtype=float, copy=True)
-    signal[is_rating] = 0.7  # a rating is explicit feedback whatever its value
-    has_text = user_events["text"].notna().to_numpy()
-    signal = signal + 0.2 * has_text  # searches and reviews say what the user wants in words
-    position = np.arange(n)
-    recent = position >= n - keep_recent
-    # lexsort sorts by the last key first: recent block, then signal, then newest.
-    order = np.lexsort((-position, -signal, ~recent))
-    return [int(i) for i in order]
+    behaviors: list[str] = user_events["behavior"].tolist()
+    texts: list[object] = user_events["text"].tolist()
+    weights = DEFAULT_BEHAVIOR_WEIGHTS
+    # A rating is explicit feedback whatever its value; searches and reviews say what the
+    # user wants in words. (The same float arithmetic as the former numpy version.)
+    signal = [
+        (0.7 if behavior == "rating" else abs(weights.get(behavior, DEFAULT_UNKNOWN_WEIGHT)))
+        + (0.2 if _present(text) else 0.0)
+        for behavior, text in zip(behaviors, texts, strict=True)
+    ]
+    old = len(signal) - keep_recent
+    # The recent block first, then by signal, then newest first (positions are unique).
+    return sorted(range(len(signal)), key=lambda i: (i < old, -signal[i], -i))
+
+
+def _present(value: object) -> bool:
+    """``pd.notna`` of one cell, quickly for the usual str and None."""
+    if value is None:
+        return False
+    if isinstance(value, str):
+        return True
+    return not (pd.api.types.is_scalar(value) and bool(pd.isna(value)))  # type: ignore[call-overload]
 
 
 MAX_TITLE_CHARS = 200
@@ -103,30 +133,93 @@ def _clip(text: str | None, limit: int) -> str | None:
 
 def history_lines(user_events: pd.DataFrame, catalog: Catalog, scrubber: Scrubber) -> list[HistoryLine]:
     """All of a user's events as prompt lines, numbered 1..n in time order."""
-    dates: list[str] = user_events["timestamp"].dt.strftime("%Y-%m-%d").tolist()
-    items: list[str] = user_events["item_id"].astype(str).tolist()
-    behaviors: list[str] = user_events["behavior"].astype(str).tolist()
-    values: list[float] = user_events["value"].astype(float).tolist()
+    dates = _dates(user_events["timestamp"])
+    item_column = user_events["item_id"]
+    items: list[str] = (
+        item_column.tolist()
+        if isinstance(item_column.dtype, pd.StringDtype)
+        else item_column.astype(str).tolist()
+    )
+    behavior_column = user_events["behavior"]
+    behaviors: list[str] = (
+        behavior_column.tolist()
+        if isinstance(behavior_column.dtype, pd.StringDtype)
+        else behavior_column.astype(str).tolist()
+    )
+    value_column = user_events["value"]
+    values: list[float] = (
+        value_column.tolist() if value_column.dtype == np.float64 else value_column.astype(float).tolist()
+    )
     texts: list[object] = user_events["text"].tolist()
-    lines: list[HistoryLine] = []
+    fields: list[dict[str, object]] = []
     for n, (date, item_id, behavior, value, text) in enumerate(
         zip(dates, items, behaviors, values, texts, strict=True), start=1
     ):
         info = catalog.get(item_id) if item_id else None
-        lines.append(
-            HistoryLine(
-                n=n,
-                date=date,
-                behavior=behavior,
-                item_id=item_id or None,
-                title=_clip(info.title, MAX_TITLE_CHARS) if info else None,
-                category=info.category if info else None,
-                price=info.price if info else None,
-                value=None if value != value else value,  # NaN -> None
-                text=_clip(scrubber.scrub(text), MAX_TEXT_CHARS) if isinstance(text, str) else None,
-            )
+        fields.append(
+            {
+                "n": n,
+                "date": date,
+                "behavior": behavior,
+                "item_id": item_id or None,
+                "title": _clip(info.title, MAX_TITLE_CHARS) if info else None,
+                "category": info.category if info else None,
+                "price": info.price if info else None,
+                "value": None if value != value else value,  # NaN -> None
+                "text": _clip(scrubber.scrub(text), MAX_TEXT_CHARS) if isinstance(text, str) else None,
+            }
         )
-    return lines
+    return _LINES.validate_python(fields)  # one validation call for the list: same lines, faster
+
+
+_LINES = TypeAdapter(list[HistoryLine])
+
+
+def _time_unit(timestamps: pd.Series) -> str:
+    return str(getattr(timestamps.dtype, "unit", "ns"))
+
+
+_FIRST_FAST_DAY = -354285  # 1000-01-01, days since 1970-01-01
+_LAST_FAST_DAY = 2932896  # 9999-12-31
+
+
+def _dates(timestamps: pd.Series) -> list[str]:
+    """``timestamps.dt.strftime("%Y-%m-%d")`` as a list, without formatting each one in pandas.
+
+    UTC (the contract) and naive timestamps are floored to whole days in numpy; other time
+    zones, and missing values (NaT is the smallest int64) or years outside 1000-9999 (where
+    %Y is not four digits), keep pandas' strftime.
+    """
+    tz = getattr(timestamps.dtype, "tz", None)
+    floor_in_numpy = (
+        str(tz) == "UTC" if tz is not None else pd.api.types.is_datetime64_dtype(timestamps.dtype)
+    )
+    if not floor_in_numpy:
+        return list(timestamps.dt.strftime("%Y-%m-%d").tolist())
+    # UTC values in the column's own unit (to_numpy without a dtype would box Timestamps)
+    values = (
+        timestamps.to_numpy()
+        if tz is None
+        else timestamps.to_numpy(dtype=f"datetime64[{_time_unit(timestamps)}]")
+    )
+    days = np.asarray(values).astype("datetime64[D]")
+    if len(days) == 0:
+        return []
+    numbers = days.astype(np.int64)
+    if int(numbers.min()) < _FIRST_FAST_DAY or int(numbers.max()) > _LAST_FAST_DAY:
+        return list(timestamps.dt.strftime("%Y-%m-%d").tolist())
+    out = []
+    for day in numbers.tolist():  # a log spans few days: format each once
+        text = _DAY_TEXT.get(day)
+        if text is None:
+            if len(_DAY_TEXT) > 100_000:
+                _DAY_TEXT.clear()
+            text = _DAY_TEXT[day] = str(np.datetime64(day, "D"))
+        out.append(text)
+    return out
+
+
+_DAY_TEXT: dict[int, str] = {}
 
 
 def fit_history(
@@ -144,5 +237,5 @@ def fit_history(
 
 def consumed_items(user_events: pd.DataFrame) -> list[str]:
     """Distinct item ids the user interacted with, oldest first (searches excluded)."""
-    items = user_events.loc[user_events["item_id"] != "", "item_id"]
-    return list(dict.fromkeys(items.tolist()))
+    items: list[str] = user_events["item_id"].tolist()
+    return list(dict.fromkeys(item for item in items if item != ""))

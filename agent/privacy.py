@@ -208,6 +208,7 @@ _RULES: tuple[tuple[str, re.Pattern[str], _Spans | None], ...] = (
 )
 # Every rule needs a digit or an "@": text without either is returned untouched (fast path).
 _MAYBE_PERSONAL = re.compile(r"[@\d]")
+_MAX_PASSES = 8
 
 
 @dataclass
@@ -231,10 +232,16 @@ class Scrubber:
         """``text`` with every enabled kind replaced; None stays None."""
         if text is None or not self.enabled or not _MAYBE_PERSONAL.search(text):
             return text
-        for kind, pattern, spans in _RULES:
-            if kind not in self.kinds:
-                continue
-            text = pattern.sub(self._replacer(kind, spans), text)
+        # A replacement can expose a neighbour its match hid ("a@b.de+c@d.de": the second
+        # address starts right after the first), so rescan until nothing changes. Every
+        # changing pass removes at least one "@" or digit, so this ends; the cap is a backstop.
+        for _ in range(_MAX_PASSES):
+            before = text
+            for kind, pattern, spans in _RULES:
+                if kind in self.kinds:
+                    text = pattern.sub(self._replacer(kind, spans), text)
+            if text == before or not _MAYBE_PERSONAL.search(text):
+                break
         return text
 
     def _replacer(self, kind: str, spans: _Spans | None) -> Callable[[re.Match[str]], str]:

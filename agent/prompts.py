@@ -9,21 +9,32 @@ name overrides the built-in one.
 
 A template's version is ``name@<first 10 hex of sha256(source of it and of _base.j2)>``, so
 editing a template changes the version, the request metadata and the cassette key.
+
+Speed without changing a byte: ``tojson`` writes exactly Jinja's HTML-safe JSON with one
+reused encoder, versions are cached by file path, mtime and size, and ``dumped_lines`` lets
+a line shown in many prompts (history, candidates) be dumped and encoded once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import jinja2
+from jinja2.filters import do_tojson
+from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 from pydantic import BaseModel, Field
+from pydantic_core import PydanticSerializationError, to_json
 
 from agent.errors import TemplateError
 
@@ -115,21 +126,40 @@ class PromptRenderer:
             keep_trailing_newline=False,
         )
         # Keep field order (n first) and drop nulls: shorter prompts, same information.
-        self._env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+        self._env.policies["json.dumps_kwargs"] = dict(JSON_DUMPS_KWARGS)
         self._env.filters["compact"] = _drop_nulls
+        self._env.filters["tojson"] = _tojson
+        self._versions: dict[tuple[tuple[str, int, int], ...], str] = {}
 
-    def _source(self, filename: str) -> str:
+    def _path(self, filename: str) -> tuple[Path, os.stat_result]:
         for directory in self._search:
             path = directory / filename
-            if path.is_file():
-                return path.read_text(encoding="utf-8")
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                return path, stat
         raise TemplateError(f"template {filename!r} not found in {', '.join(map(str, self._search))}")
 
+    def _source(self, filename: str) -> str:
+        return self._path(filename)[0].read_text(encoding="utf-8")
+
     def version(self, name: str) -> str:
-        digest = hashlib.sha256()
-        for filename in (f"{name}.j2", *SHARED_TEMPLATES):
-            digest.update(self._source(filename).encode())
-        return f"{name}@{digest.hexdigest()[:10]}"
+        """``name@`` + 10 hex of sha256 over the sources of ``name.j2`` and ``_base.j2``.
+
+        Cached by path, modification time and size, so an edited template gets a new version
+        without every render reading and hashing the files again.
+        """
+        files = [self._path(filename) for filename in (f"{name}.j2", *SHARED_TEMPLATES)]
+        key = tuple((str(path), stat.st_mtime_ns, stat.st_size) for path, stat in files)
+        version = self._versions.get(key)
+        if version is None:
+            digest = hashlib.sha256()
+            for path, _ in files:
+                digest.update(path.read_text(encoding="utf-8").encode())
+            version = self._versions[key] = f"{name}@{digest.hexdigest()[:10]}"
+        return version
 
     def render(self, name: str, inputs: BaseModel) -> RenderedPrompt:
         """Render ``name`` with ``inputs`` into a system and a user message.
@@ -137,12 +167,38 @@ class PromptRenderer:
         Raises ``TemplateError`` for an unknown template, inputs of the wrong model, a
         variable the inputs lack, or a template without ``system``/``user`` macros.
         """
+        self.check_inputs(name, inputs)
+        return self.render_vars(name, inputs.model_dump(mode="json"))
+
+    def has_stock_filters(self) -> bool:
+        """True while ``tojson``, ``compact`` and the JSON policies are this module's."""
+        filters, policies = self._env.filters, self._env.policies
+        return (
+            filters.get("tojson") is _tojson
+            and filters.get("compact") is _drop_nulls
+            and policies["json.dumps_function"] is None
+            and policies["json.dumps_kwargs"] == JSON_DUMPS_KWARGS
+        )
+
+    @staticmethod
+    def check_inputs(name: str, inputs: BaseModel) -> None:
+        """Raise ``TemplateError`` if ``name`` takes another inputs model than ``inputs``."""
         expected = TEMPLATE_INPUTS.get(name)
         if expected is not None and not isinstance(inputs, expected):
             raise TemplateError(f"template {name!r} takes {expected.__name__}, got {type(inputs).__name__}")
+
+    def render_vars(
+        self, name: str, variables: dict[str, Any], *, version: str | None = None
+    ) -> RenderedPrompt:
+        """``render`` for inputs already dumped (``model_dump(mode="json")``), unchecked.
+
+        For callers that render the same lines many times (``agent.prompt_fit``): list
+        elements may be ``DumpedLine``s. ``version``, if given, must be ``self.version(name)``
+        as the caller just read it.
+        """
         try:
             template = self._env.get_template(f"{name}.j2")
-            module = template.make_module(inputs.model_dump(mode="json"))
+            module = template.make_module(variables)
             system = str(module.system()).strip()  # type: ignore[attr-defined]
             user = str(module.user()).strip()  # type: ignore[attr-defined]
         except jinja2.TemplateNotFound as exc:
@@ -155,12 +211,161 @@ class PromptRenderer:
             raise TemplateError(f"template {name!r} failed to render: {exc}") from exc
         return RenderedPrompt(
             name=name,
-            version=self.version(name),
+            version=version or self.version(name),
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         )
 
+    def render_macro(self, filename: str, macro: str, *args: Any) -> str:
+        """The text of macro ``macro`` of template ``filename`` (e.g. ``_base.j2``) called with ``args``.
+
+        Only for macros that use nothing but their arguments (the module has no context).
+        Raises ``TemplateError`` as ``render`` does.
+        """
+        try:
+            return str(getattr(self._env.get_template(filename).module, macro)(*args))
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"template {filename!r} not found in {', '.join(map(str, self._search))}"
+            ) from exc
+        except AttributeError as exc:
+            raise TemplateError(f"template {filename!r} has no macro {macro}()") from exc
+        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:
+            raise TemplateError(f"macro {macro}() of {filename!r} failed to render: {exc}") from exc
+
+
+JSON_DUMPS_KWARGS: dict[str, Any] = {"sort_keys": False, "ensure_ascii": False}
+"""``json.dumps`` options of every template's ``tojson``."""
+_ENCODER = json.JSONEncoder(**JSON_DUMPS_KWARGS)  # what json.dumps(value, **JSON_DUMPS_KWARGS) uses
+# json.dumps builds a C encoder on every call; this one is built once with the same options.
+# It skips the cycle check: a value that contains itself runs into the recursion limit and is
+# then encoded the usual way, which raises the usual ValueError.
+_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE = (
+    None
+    if _make_encoder is None
+    else _make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring, None, ": ", ", ", False, False, True
+    )
+)
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return json.encoder.encode_basestring(value)
+    if _C_ENCODE is not None:
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except RecursionError:
+            pass
+    return _ENCODER.encode(value)
+
+
+def tojson_text(value: Any) -> str:
+    """Exactly what ``{{ value|tojson }}`` renders: Jinja's HTML-safe JSON with our options."""
+    return (
+        _json_text(value)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("'", "\\u0027")
+    )
+
+
+@jinja2.pass_eval_context
+def _tojson(eval_ctx: EvalContext, value: Any, indent: int | None = None) -> Markup:
+    # Jinja's own filter builds a json.JSONEncoder per call; this one reuses ours. Same text.
+    policies = eval_ctx.environment.policies
+    if (
+        indent is not None
+        or policies["json.dumps_function"] is not None
+        or policies["json.dumps_kwargs"] != JSON_DUMPS_KWARGS
+    ):
+        return do_tojson(eval_ctx, value, indent)
+    if type(value) is _CompactLine:
+        return value._json
+    return Markup(tojson_text(value))
+
+
+class DumpedLine(dict[str, Any]):
+    """A dumped model (one prompt line) that computes ``{{ line|compact|tojson }}`` once.
+
+    It equals (and renders like) the plain dict. Get them from ``dumped_lines``; do not
+    modify one after creation (they are shared).
+    """
+
+    # Methods and properties would shadow keys of the same name in templates (``line.x``
+    # tries the attribute first): only underscore names, refused to templates, live here.
+    __slots__ = ("_compact", "_memo")
+    _compact: _CompactLine | None
+    _memo: dict[str, Any]
+
+    def __init__(self, dumped: dict[str, Any]) -> None:
+        super().__init__(dumped)
+        self._compact = None
+        self._memo = {}
+
+    def _compact_line(self) -> _CompactLine:
+        if self._compact is None:
+            compact = _CompactLine((k, v) for k, v in self.items() if v is not None)
+            compact._json = Markup(tojson_text(compact))
+            self._compact = compact
+        return self._compact
+
+
+def compact_json(line: DumpedLine) -> str:
+    """What ``{{ line|compact|tojson }}`` renders (computed once per line)."""
+    return str(line._compact_line()._json)
+
+
+def line_memo(line: DumpedLine) -> dict[str, Any]:
+    """Room for what callers derive from a line once (e.g. its token count per encoding)."""
+    return line._memo
+
+
+PLAIN_LINE_MODELS: frozenset[type[BaseModel]] = frozenset({HistoryLine, CandidateLine})
+"""Line models without custom serializers: their own dump is their part of any inputs' dump."""
+LINE_CACHE_SIZE = 8192
+"""Lines that ``dumped_lines`` remembers (the oldest are forgotten first)."""
+_lines: dict[tuple[type, bytes], DumpedLine] = {}
+_lines_lock = threading.Lock()
+
+
+def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
+    """``[m.model_dump(mode="json") for m in models]`` as ``DumpedLine``s, shared across calls.
+
+    A line shown in many prompts (a user's history in their profile and recommend prompts, a
+    catalog item in many users' candidates) is dumped and its JSON text computed once. The
+    key is exact: the model's class and JSON (-0.0, 1.0 and inf stay distinct). Only for
+    plain models (no custom serializers), whose own dump is their part of any inputs' dump.
+    """
+    out = []
+    for model in models:
+        try:
+            key = (type(model), to_json(model, inf_nan_mode="constants"))
+        except (PydanticSerializationError, TypeError, ValueError):
+            out.append(DumpedLine(model.model_dump(mode="json")))
+            continue
+        line = _lines.get(key)
+        if line is None:
+            line = DumpedLine(model.model_dump(mode="json"))
+            with _lines_lock:
+                while len(_lines) >= LINE_CACHE_SIZE:
+                    del _lines[next(iter(_lines))]
+                _lines[key] = line
+        out.append(line)
+    return out
+
+
+class _CompactLine(dict[str, Any]):
+    """``compact`` of a ``DumpedLine``, with its ``tojson`` text."""
+
+    __slots__ = ("_json",)
+    _json: Markup
+
 
 def _drop_nulls(value: Any) -> Any:
+    if type(value) is DumpedLine:
+        return value._compact_line()
     return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
 
 

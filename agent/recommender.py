@@ -39,10 +39,11 @@ from agent.candidates import Candidate, Retriever
 from agent.data import UserHistories
 from agent.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
 from agent.fusion import FusionWeights
-from agent.history import Catalog, consumed_items, fit_history, history_lines
+from agent.history import Catalog, consumed_items, history_lines
 from agent.llm import DEFAULT_MODEL, ChatClient, StructuredReply
 from agent.position_bias import shuffle_candidates
 from agent.privacy import Scrubber
+from agent.prompt_fit import fit_prompt
 from agent.prompts import (
     Domain,
     HistoryLine,
@@ -69,7 +70,6 @@ from agent.replies import (  # re-exported: the public result types live with th
 )
 from agent.schemas import BehaviorProfile
 from agent.store import Store
-from agent.tokens import count_messages
 
 if TYPE_CHECKING:
     from agent.conversation import ChatReply, ConversationState
@@ -158,14 +158,15 @@ class RecommenderAgent:
         """Render with as much history as the token budget allows (never more)."""
         lines = history_lines(user_events, self.catalog, scrubber)
         model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
-
-        def measure(kept: list[HistoryLine]) -> int:
-            return count_messages(self.renderer.render(*build(kept)).messages, model)
-
-        kept = fit_history(
-            user_events, lines, measure, self.config.prompt_budget_tokens, self.config.max_history_events
+        return fit_prompt(
+            self.renderer,
+            build,
+            user_events,
+            lines,
+            model,
+            self.config.prompt_budget_tokens,
+            self.config.max_history_events,
         )
-        return self.renderer.render(*build(kept)), kept
 
     def _scrubber(self) -> Scrubber:
         return Scrubber(enabled=self.config.scrub_personal_data)

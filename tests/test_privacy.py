@@ -218,6 +218,13 @@ def test_property_scrubbing_never_fails_and_is_idempotent(text: str) -> None:
     assert scrub_text(once) == once
 
 
+@pytest.mark.parametrize("text", ["x@y.de+x@y.de", "ann@mail.com+bob@mail.com, call +49 151 12345678"])
+def test_addresses_hidden_by_a_neighbouring_match_are_scrubbed_too(text: str) -> None:
+    """Found by the property test above: the second address started right after the first."""
+    scrubbed = scrub_text(text)
+    assert scrubbed is not None and "@" not in scrubbed and scrub_text(scrubbed) == scrubbed
+
+
 # -- pseudonyms ------------------------------------------------------------------------------------
 KEY = "test-pseudonym-key-0123456789abcdef"
 

@@ -1,0 +1,294 @@
+"""Fit a prompt to its token budget: the history the render-and-count bisection keeps, fast.
+
+The reference (``fit_by_rendering``) renders and counts the prompt at every probe of a
+bisection over how many priority-ordered history lines to keep. ``fit_prompt`` keeps the same
+lines and returns the same messages, byte for byte. Every probe gets the exact count, so the
+bisection takes the same steps; for the built-in templates (``FAST_TEMPLATE_VERSIONS``) the
+count comes without rendering: the prompt is ``before + head(k) + lines + "</data>" + tail +
+after`` (``_base.j2``'s history block in its frame), the frame and the lines' JSON come from
+one render and are cached, and the count is the sum of cached counts of the pieces, exact
+because every junction is a proven pre-token boundary (``agent.tokens.split_is_exact``,
+checked). The result is the chosen block as the template's macro renders it, in its frame;
+it must be the counted text. Anything else falls back to the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import threading
+from collections.abc import Callable
+from functools import partial
+from itertools import accumulate
+from typing import Any
+
+import pandas as pd
+import tiktoken
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError, to_json
+
+from agent import tokens
+from agent.errors import TemplateError
+from agent.history import fit_history, keep_priority
+from agent.prompts import (
+    PLAIN_LINE_MODELS,
+    DumpedLine,
+    HistoryLine,
+    PromptRenderer,
+    RenderedPrompt,
+    compact_json,
+    dumped_lines,
+    line_memo,
+    tojson_text,
+)
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[list[HistoryLine]], tuple[str, BaseModel]]
+"""``build(kept) -> (template name, inputs)``; the inputs may differ only in ``history``."""
+
+_AGENT_VERSIONS = {"profile@425f7ff96c", "recommend@6b333f364c"}
+_CONTENT_VERSIONS = {"describe_item@6015253449", "explain@67406db280", "summarize@0d79cec544"}
+FAST_TEMPLATE_VERSIONS: frozenset[str] = frozenset(_AGENT_VERSIONS | _CONTENT_VERSIONS)
+"""Built-in template versions whose user message shows ``history`` only through
+``{{ base.history_block(history, total_events) }}`` (and whose system message not at all).
+After editing a template or ``_base.j2``, check that this still holds and update the versions
+(tests/test_prompt_fit.py fails until then and compares the fast path with the reference)."""
+FRAME_CACHE_SIZE = 256
+"""Prompt frames remembered."""
+
+
+def fit_prompt(
+    renderer: PromptRenderer,
+    build: Builder,
+    user_events: pd.DataFrame,
+    lines: list[HistoryLine],
+    model: str,
+    budget: int,
+    max_events: int,
+) -> tuple[RenderedPrompt, list[HistoryLine]]:
+    """The prompt with as much history as ``budget`` tokens allow, and the lines it shows.
+
+    ``lines`` are ``history_lines(user_events, ...)``. The kept lines are the longest prefix
+    of ``keep_priority(user_events)[:max_events]`` that fits (as the bisection finds it), in
+    time order; the prompt's ``count_messages`` never exceeds ``budget``. Raises
+    ``ConfigError`` when even the empty history does not fit, and ``TemplateError`` as
+    ``PromptRenderer.render`` does. Thread-safe.
+    """
+    fitted = _fit_builtin(renderer, build, lines, keep_priority(user_events)[:max_events], model, budget)
+    return fitted or fit_by_rendering(renderer, build, user_events, lines, model, budget, max_events)
+
+
+def fit_by_rendering(
+    renderer: PromptRenderer,
+    build: Builder,
+    user_events: pd.DataFrame,
+    lines: list[HistoryLine],
+    model: str,
+    budget: int,
+    max_events: int,
+) -> tuple[RenderedPrompt, list[HistoryLine]]:
+    """The reference algorithm, for any template: render and count at every probe."""
+
+    def measure(kept: list[HistoryLine]) -> int:
+        return tokens.count_messages(renderer.render(*build(kept)).messages, model)
+
+    kept = fit_history(user_events, lines, measure, budget, max_events)
+    return renderer.render(*build(kept)), kept
+
+
+def fast_version(renderer: PromptRenderer, name: str) -> str | None:
+    """The template's version if the fast path serves it (a known built-in, stock filters)."""
+    if type(renderer) is not PromptRenderer or not renderer.has_stock_filters():
+        return None
+    try:
+        version = renderer.version(name)
+    except TemplateError:  # rendering reports it, with the same message as before
+        return None
+    return version if version in FAST_TEMPLATE_VERSIONS else None
+
+
+# What _base.j2's history_block writes around the lines (checked against it on every use).
+def _head(shown: int, total: object) -> str:
+    return f'<data name="history" order="chronological, oldest first" shown="{shown}" of="{total}">\n'
+
+
+def _tail(line: dict[str, Any]) -> str:
+    subject = line["title"] or line["text"] or line["item_id"]
+    return (
+        f"\nThe most recent event is #{line['n']}: {tojson_text(line['behavior'])} of "
+        f"{tojson_text(subject)} on {line['date']}."
+    )
+
+
+def _fit_builtin(
+    renderer: PromptRenderer,
+    build: Builder,
+    lines: list[HistoryLine],
+    priority: list[int],
+    model: str,
+    budget: int,
+) -> tuple[RenderedPrompt, list[HistoryLine]] | None:
+    """``fit_by_rendering``'s result for the built-in templates, or None to fall back to it."""
+    encoding = tokens.encoding_for(model)
+    kind = tokens.pretokenizer_kind(encoding)
+    if kind is None or not priority:
+        return None
+    rows_all = sorted(priority)
+    lines_all = [lines[i] for i in rows_all]
+    name, inputs = build(lines_all)
+    version = fast_version(renderer, name)
+    if version is None or not _shows(inputs, lines_all):
+        return None
+    renderer.check_inputs(name, inputs)  # the error rendering would raise
+    total, frame_key = getattr(inputs, "total_events", None), _frame_key(version, inputs)
+    if total is None or frame_key is None or not all(type(line) is HistoryLine for line in lines_all):
+        return None
+    history = dumped_lines(lines_all)
+    frame, full = _frames.get(frame_key), None
+    if frame is None:
+        full, frame = _render_all(renderer, name, version, inputs, history)
+        if frame is None:
+            return None
+        with _lock:
+            while len(_frames) >= FRAME_CACHE_SIZE:
+                del _frames[next(iter(_frames))]
+            _frames[frame_key] = frame
+    line_of = dict(zip(rows_all, history, strict=True))
+    exact, count = partial(tokens.split_is_exact, kind), partial(tokens.count_encoded, encoding)
+    # Junctions of the prediction: after `before` and the head, and around each line (the
+    # JSON of a dict, '{...}', + "\n"; followed by another line or by "</data>").
+    if not (
+        exact(frame.before, "<") and exact(_head(1, total), "{") and exact("}\n", "{") and exact("}\n", "<")
+    ):
+        return None
+
+    framing = frame.framing_tokens(encoding, model)
+    pieces = {row: _piece(line_of[row], encoding) for row in rows_all}
+    prefix_tokens = [0, *accumulate(pieces[row][1] for row in priority)]
+    last_row = [-1, *accumulate(priority, max)]
+    closing_tokens: dict[int, int] = {}
+
+    def measure(k: int) -> int:  # exact tokens with the first k priority rows
+        if k == 0:
+            return framing + frame.tokens_after(encoding, kind, _head(0, total) + "</data>")
+        last = last_row[k]
+        if last not in closing_tokens:
+            closing_tokens[last] = frame.tokens_after(encoding, kind, "</data>" + _tail(line_of[last]))
+        return framing + count(_head(k, total)) + prefix_tokens[k] + closing_tokens[last]
+
+    k = tokens.longest_fitting_prefix(len(priority), measure, budget)
+    if k == len(priority) and full is not None:
+        return full, lines_all
+    rows = sorted(priority[:k])
+    kept = [lines[i] for i in rows]
+    final_name, final_inputs = build(kept)
+    if final_name != name or not _shows(final_inputs, kept) or not _same_but_history(inputs, final_inputs):
+        return None  # the builder changes more than the history: only rendering is safe
+    renderer.check_inputs(final_name, final_inputs)
+    block = renderer.render_macro("_base.j2", "history_block", [line_of[row] for row in rows], total)
+    counted = _head(k, total) + "".join(pieces[row][0] for row in rows)
+    counted += "</data>" + (_tail(line_of[rows[-1]]) if rows else "")
+    if block != counted:
+        log.warning("template %s did not render as predicted; fitting its history by rendering", name)
+        return None
+    user = {"role": "user", "content": frame.before + block + frame.after}
+    return RenderedPrompt(name, version, [{"role": "system", "content": frame.system}, user]), kept
+
+
+def _render_all(
+    renderer: PromptRenderer, name: str, version: str, inputs: BaseModel, history: list[DumpedLine]
+) -> tuple[RenderedPrompt, _Frame | None]:
+    """Render ``inputs`` with every candidate line and split off the frame around the block."""
+    lists = {  # candidates: lists of line models other than the history
+        field: value
+        for field, value in inputs
+        if field != "history" and isinstance(value, list) and any(isinstance(m, BaseModel) for m in value)
+    }
+    if not all(type(m) in PLAIN_LINE_MODELS for models in lists.values() for m in models):
+        return renderer.render(name, inputs), None
+    variables = inputs.model_dump(mode="json", exclude={"history", *lists})
+    variables.update({field: dumped_lines(models) for field, models in lists.items()}, history=history)
+    full = renderer.render_vars(name, variables, version=version)
+    system, user = (message["content"] for message in full.messages)
+    head = _head(len(history), getattr(inputs, "total_events", None))
+    at = user.find(head)
+    if at < 0 or user.find(head, at + 1) >= 0:
+        return full, None
+    run = "".join(compact_json(line) + "\n" for line in history)
+    end = at + len(head) + len(run)
+    closing = "</data>" + _tail(history[-1])
+    if not user.startswith(run, at + len(head)) or not user.startswith(closing, end):
+        return full, None
+    return full, _Frame(system, user[:at], user[end + len(closing) :])
+
+
+def _same_but_history(first: BaseModel, second: BaseModel) -> bool:
+    """True if every input but ``history`` is the same: identical objects, or equal JSON."""
+    totals = (repr(getattr(model, "total_events", None)) for model in (first, second))
+    if type(first) is not type(second) or len(set(totals)) != 1:
+        return False
+    others = [(value, getattr(second, field)) for field, value in first if field != "history"]
+    return all(a is b for a, b in others) or _frame_key("", first) == _frame_key("", second)
+
+
+def _shows(inputs: BaseModel, kept: list[HistoryLine]) -> bool:
+    """True if ``inputs.history`` holds the very ``kept`` lines (pydantic keeps instances)."""
+    shown = getattr(inputs, "history", None)
+    return isinstance(shown, list) and len(shown) == len(kept) and all(map(operator.is_, shown, kept))
+
+
+class _Frame:
+    """A prompt around its history block, with the tokens of everything but the block."""
+
+    __slots__ = ("_rest", "_tokens", "after", "before", "system")
+
+    def __init__(self, system: str, before: str, after: str) -> None:
+        self.system, self.before, self.after = system, before, after
+        self._tokens: dict[str, int] = {}
+        self._rest: dict[str, tuple[int, int]] = {}
+
+    def framing_tokens(self, encoding: tiktoken.Encoding, model: str) -> int:
+        """Tokens of the system message, of ``before`` and of both messages' framing."""
+        count = self._tokens.get(encoding.name)
+        if count is None:
+            messages = [{"role": "system", "content": self.system}, {"role": "user", "content": ""}]
+            count = tokens.count_messages(messages, model) + tokens.count_encoded(encoding, self.before)
+            self._tokens[encoding.name] = count
+        return count
+
+    def tokens_after(self, encoding: tiktoken.Encoding, kind: str, text: str) -> int:
+        """Tokens of ``text + after``; ``after`` from its first proven line boundary on (the
+        candidates) is counted once."""
+        split = self._rest.get(encoding.name)
+        if split is None:
+            after, at = self.after, len(self.after)
+            for i in range(2, len(after)):
+                if after[i - 1] == "\n" and tokens.split_is_exact(kind, after[:i], after[i:]):
+                    at = i
+                    break
+            split = self._rest[encoding.name] = (at, tokens.count_encoded(encoding, after[at:]))
+        at, rest = split
+        return tokens.count_encoded(encoding, text + self.after[:at]) + rest
+
+
+def _piece(line: DumpedLine, encoding: tiktoken.Encoding) -> tuple[str, int]:
+    """The line as its history block shows it (JSON + "\\n") and its tokens, computed once."""
+    memo = line_memo(line)
+    piece: tuple[str, int] | None = memo.get(encoding.name)
+    if piece is None:
+        text = compact_json(line) + "\n"
+        piece = memo[encoding.name] = (text, tokens.count_encoded(encoding, text))
+    return piece
+
+
+_frames: dict[tuple[str, bytes], _Frame] = {}
+_lock = threading.Lock()
+
+
+def _frame_key(version: str, inputs: BaseModel) -> tuple[str, bytes] | None:
+    # total_events only shows in the head, which is computed; the history is what varies.
+    try:
+        return version, to_json(inputs, exclude={"history", "total_events"}, inf_nan_mode="constants")
+    except (PydanticSerializationError, TypeError, ValueError):
+        return None
