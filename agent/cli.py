@@ -152,7 +152,7 @@ def emit_json(payload: Any) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
 
 
-def _agent_config(args: argparse.Namespace) -> Any:
+def agent_config(args: argparse.Namespace) -> Any:
     """The ``AgentConfig`` of ``args`` (``--fusion``, ``--bootstrap`` where the command has them)."""
     from agent.cli_fusion import bootstrap_orders, fusion_weights
     from agent.recommender import AgentConfig  # heavy imports only when needed
@@ -169,7 +169,7 @@ def build_agent(
     from agent.cli_feedback import store_for
     from agent.recommender import RecommenderAgent  # heavy imports only when needed
 
-    config = config or _agent_config(args)
+    config = config or agent_config(args)
     return RecommenderAgent(events.frame, items.frame, client, config, store=store_for(args))
 
 
@@ -195,7 +195,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise ConfigError("-k must be at least 1")
-    config = _agent_config(args)  # bad --fusion/--bootstrap fail before any work
+    config = agent_config(args)  # bad --fusion/--bootstrap fail before any work
     events, items = load_inputs(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
     agent = build_agent(args, events, items, client, config)

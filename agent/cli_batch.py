@@ -88,6 +88,9 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-completion-tokens", type=int, help="reply cap, reserved against TPM (default 2000)"
     )
+    from agent.cli_fusion import FUSION_HELP
+
+    group.add_argument("--fusion", default="prior", metavar="{prior,off,FILE}", help=FUSION_HELP)
 
 
 def _settings(args: argparse.Namespace) -> BatchSettings:
@@ -131,15 +134,13 @@ def _config(args: argparse.Namespace, *, need_endpoint: bool) -> LLMConfig:
 
 
 def _agent(args: argparse.Namespace) -> Any:
-    from agent.data import align_catalog, load_events, load_items
+    """The agent a batch runs (no client: the runner sends its requests); one order per user."""
+    from agent.cli import agent_config, load_inputs
     from agent.recommender import RecommenderAgent
 
-    items = load_items(args.items)
-    events = align_catalog(load_events(args.events), items)
-    if args.verbose:
-        for report in (events.report, items.report):
-            print("cleaning: " + report.summary(), file=sys.stderr)
-    return RecommenderAgent(events.frame, items.frame, None)
+    config = agent_config(args)  # --fusion; a bad weights file fails before loading data
+    events, items = load_inputs(args, args.events, args.items)
+    return RecommenderAgent(events.frame, items.frame, None, config)
 
 
 def _emit(payload: Any, pretty: bool = False) -> None:

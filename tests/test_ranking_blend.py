@@ -292,3 +292,17 @@ def test_cli_bad_ranking_options_are_one_line_errors(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and err[-1].startswith("recagent: error:") and message in err[-1]
+
+
+def test_batch_takes_the_fusion_weights_and_rejects_a_bad_file(
+    sample_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events_path, items_path = sample_files
+    weights = tmp_path / "w.json"
+    FusionWeights(0.0, 0.5, 2.0, "fitted").save(weights)
+    common = ["batch", "--events", str(events_path), "--items", str(items_path), "--dry-run"]
+    assert main([*common, "--out", str(tmp_path / "a"), "--fusion", str(weights)]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--fusion", "off"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "c"), "--fusion", str(tmp_path / "nope.json")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("recagent: error: --fusion")
