@@ -17,8 +17,13 @@ keeps every outcome in the directory's ``Ledger``. Promises:
   ``max_completion_tokens`` at list price) before it is sent; when the next one would pass
   the budget, nothing more is sent and the run stops with ``BudgetExceededError``. The
   budget covers everything this directory has spent, earlier runs included.
-* **Flat memory**: users are prepared one at a time into a bounded queue; nothing grows
-  with the number of users except the list of user ids.
+* **Flat memory**: users are prepared one at a time into a bounded queue (``2 *
+  concurrency`` requests) and every outcome goes straight to the ledger, so what the runner
+  holds is bounded by the concurrency, not by the number of users: only the list of user
+  ids (one reference each) grows with them. Request keys are pseudonymized without keeping
+  a reverse map, and a user leaves the in-flight count once all its tasks are settled
+  (``Snapshot.users_open``). ``results.jsonl`` is ordered by the ledger's index at the end,
+  so no out-of-order results are buffered in memory.
 """
 
 from __future__ import annotations
@@ -73,7 +78,9 @@ def custom_id(
 
 @functools.lru_cache(maxsize=1)
 def _pseudonymizer() -> Pseudonymizer:
-    return Pseudonymizer()
+    # A request key is never revealed (it is hashed again), and a reverse map would grow by
+    # ~100 bytes per user for the life of the process.
+    return Pseudonymizer(remember=False)
 
 
 def _canonical(value: Any) -> str:
@@ -205,6 +212,8 @@ class Snapshot:
     failed: int = 0
     skipped: int = 0
     users_finished: int = 0
+    users_open: int = 0
+    """Users with a task planned but not yet settled: bounded by the queue and concurrency."""
     requests: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -291,12 +300,17 @@ class _Run:
         self.on_progress = on_progress
         self.stopped: str | None = None
         self.stop_error: errors.RecommenderError | None = None
+        self.crash: Exception | None = None
+        """An unexpected error in a worker: it stops the run and is raised at its end."""
         self.start = time.monotonic()
         self.snapshot = Snapshot(total=0)
         self._open_tasks: dict[str, int] = {}
+        """Tasks not yet settled, per user in flight (never more users than the queue holds)."""
+        self.users = 0
 
     async def run(self) -> None:
         users = self.planner.users()
+        self.users = len(users)
         self.snapshot.total = len(users) * len(self.settings.tasks)
         generation = self.ledger.new_generation()
         queue: asyncio.Queue[Planned | None] = asyncio.Queue(maxsize=2 * self.settings.concurrency)
@@ -310,7 +324,7 @@ class _Run:
                 if entry.status == "done":
                     self._finished(item.user_id, "skipped")
                 elif entry.status == "submitted":  # in flight in a Batch API batch: never pay twice
-                    self.snapshot.in_batch_api += 1
+                    self._finished(item.user_id, "in_batch_api")
                 elif entry.status == "failed" and entry.attempts >= self.settings.max_attempts:
                     self._finished(item.user_id, "failed")
                 elif item.error is not None:
@@ -329,11 +343,20 @@ class _Run:
             await queue.put(None)
         await asyncio.gather(*workers)
         self.ledger.commit()
+        if self.crash is not None:
+            raise self.crash
 
     async def _worker(self, queue: asyncio.Queue[Planned | None]) -> None:
         while (item := await queue.get()) is not None:
-            if not self.stopped:  # once stopped, queued requests stay pending for the next run
+            if self.stopped:  # once stopped, queued requests stay pending for the next run
+                continue
+            try:
                 await self._send(item)
+            except Exception as exc:  # a bug, the ledger's disk, the progress callback: stop the
+                # run and re-raise at its end; this worker keeps draining, so the planner is never
+                # left waiting on a full queue that nobody empties
+                self.crash = self.crash or exc
+                self.stopped = self.stopped or "crashed"
 
     async def _send(self, item: Planned) -> None:
         assert item.prepared is not None
@@ -381,6 +404,8 @@ class _Run:
         s.cost_usd += usage.cost_usd
 
     def _finished(self, user_id: str, outcome: str) -> None:
+        """Settle one planned request; every planned request must end here exactly once, or
+        its user would stay in ``_open_tasks`` (per-user state) until the run ends."""
         s = self.snapshot
         s.finished += 1
         setattr(s, outcome, getattr(s, outcome) + 1)
@@ -390,6 +415,7 @@ class _Run:
             s.users_finished += 1
         else:
             self._open_tasks[user_id] = left
+        s.users_open = len(self._open_tasks)
         s.elapsed_s = time.monotonic() - self.start
         s.rate_limited = self.gate.limiter.stats.rate_limited
         if self.on_progress is not None:
@@ -430,7 +456,7 @@ async def run_batch(
             run.snapshot.rate_limited = limiter.stats.rate_limited
             counts = ledger.status_counts()
             summary = BatchSummary(
-                users=len(planner.users()),
+                users=run.users,
                 tasks=list(settings.tasks),
                 results=results,
                 failures=failures,

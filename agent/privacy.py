@@ -304,7 +304,10 @@ class Pseudonymizer:
     with a one-time warning. Raises ``ConfigError`` for a key shorter than 16 characters.
     """
 
-    def __init__(self, key: str | bytes | None = None) -> None:
+    def __init__(self, key: str | bytes | None = None, *, remember: bool = True) -> None:
+        """``remember=False``: keep no reverse map (``reveal`` then knows nothing), so memory
+        stays flat however many ids pass through (e.g. hashing request keys for a batch)."""
+        self.remember = remember
         if key is None or key == "":
             key = os.environ.get(PSEUDONYM_KEY_ENV) or None
         if key is None:
@@ -324,9 +327,11 @@ class Pseudonymizer:
         self._lock = threading.Lock()
 
     def pseudonym(self, user_id: str) -> str:
-        """The pseudonym of ``user_id`` (remembered for ``reveal``)."""
+        """The pseudonym of ``user_id`` (remembered for ``reveal`` unless ``remember=False``)."""
         digest = hmac.new(self._key, str(user_id).encode("utf-8"), hashlib.sha256).hexdigest()
         alias = PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX_CHARS]
+        if not self.remember:
+            return alias
         with self._lock:
             known = self._reverse.setdefault(alias, str(user_id))
         if known != str(user_id):  # 2**-96 per pair; fail loudly rather than mix two users

@@ -11,9 +11,19 @@ same limits given to it. Reported per user count:
   of every request it accepted) as a fraction of the most the limit allows from the first to
   the last accepted request (its refill over that span plus the full bucket it starts with);
 * the share of requests answered 429;
-* peak RSS of the client process, and its growth over the run (data loaded before the run);
+* client memory: the current RSS (after a garbage collection) just before the run and when
+  10%, 25%, 50%, 75% and 100% of the users are finished (sampled from the runner's progress
+  callback), the growth from the 10% point to the end per 1,000 users (the slope; the first
+  10% hold the one-off warm-up: SDK and pydantic models built on first use, SQLite's page
+  cache, allocator arenas), and the process's peak RSS;
 * local overhead per user without network (history slice, render, count, key, validate,
   ground) as a median over the users.
+
+Transparent huge pages are disabled for the client (``prctl(PR_SET_THP_DISABLE)``, Linux;
+``--thp system`` keeps the machine's setting): numpy asks for huge pages on large arrays and
+khugepaged then fills them in the background, so the RSS of a process holding the data grows
+with wall time, not with users (an idle process with the 10,000-user data loaded grew by about
+30 MB in two minutes here). With it on, a slope measured over a 20-minute run is mostly that.
 
 Each user count runs in a fresh process so peak RSS is per run. Example (the command behind
 docs/BENCHMARKS.md)::
@@ -25,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -40,7 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.batch import BatchSettings, Planner, run_batch  # noqa: E402
+from agent.batch import BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
 from agent.data import align_catalog, load_events, load_items  # noqa: E402
 from agent.llm import LLMConfig, StructuredReply  # noqa: E402
 from agent.loopback import Limits, LoopbackServer, Reply  # noqa: E402
@@ -48,6 +60,74 @@ from agent.recommender import RecommenderAgent, interpret_reply  # noqa: E402
 from agent.standin_model import respond  # noqa: E402
 
 START, END = "<!-- batch:start -->", "<!-- batch:end -->"
+SAMPLE_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0)
+"""Fractions of users finished at which the client's RSS is sampled."""
+FLAT_MB_PER_1K_USERS = 0.5
+"""The memory target: RSS grows by at most this much per 1,000 users from the 10% point on."""
+PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
+
+
+def disable_thp() -> bool:
+    """Turn transparent huge pages off for this process and its children; True if in effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
+        return thp_disabled()
+    except (OSError, AttributeError):
+        return False
+
+
+def thp_disabled() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL(None).prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1)
+    except (OSError, AttributeError):
+        return False
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MB (VmRSS; peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RssSampler:
+    """The runner's progress callback: current RSS when each fraction of the users is finished.
+
+    The run's user count is ``snapshot.total / tasks``; ``users_finished`` rises by one at a
+    time, so each sample is taken at its exact user count.
+    """
+
+    def __init__(self, tasks: int, points: tuple[float, ...] = SAMPLE_POINTS) -> None:
+        self.tasks, self.points = tasks, points
+        self.marks: list[tuple[float, int]] | None = None
+        self.samples: list[dict[str, float]] = []
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        if self.marks is None:
+            users = snapshot.total // self.tasks
+            self.marks = [(p, max(1, math.ceil(p * users))) for p in self.points]
+        while self.marks and snapshot.users_finished >= self.marks[0][1]:
+            fraction, _ = self.marks.pop(0)
+            gc.collect()  # garbage waiting for the collector is not what the runner keeps
+            self.samples.append({"fraction": fraction, "users": snapshot.users_finished, "rss_mb": rss_mb()})
+
+
+def growth_per_1k(samples: list[dict[str, float]]) -> float | None:
+    """RSS growth from the first sample (10% point) to the last, in MB per 1,000 users."""
+    if len(samples) < 2 or samples[-1]["users"] <= samples[0]["users"]:
+        return None
+    first, last = samples[0], samples[-1]
+    return (last["rss_mb"] - first["rss_mb"]) / (last["users"] - first["users"]) * 1000
 
 
 def _serve(conn: Any, rpm: int, tpm: int, minute_s: float, latency: float) -> None:
@@ -171,7 +251,8 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         )
         proc.start()
         base_url = parent.recv()
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        gc.collect()
+        rss_before = rss_mb()
         config = LLMConfig(
             model=args.model,
             base_url=base_url,
@@ -187,8 +268,9 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
             tpm=args.tpm,
             minute_s=args.minute_s,
         )
+        sampler = RssSampler(len(settings.tasks))
         start = time.monotonic()
-        summary = asyncio.run(run_batch(agent, config, settings))
+        summary = asyncio.run(run_batch(agent, config, settings, on_progress=sampler))
         wall = time.monotonic() - start
         failure_types: dict[str, int] = {}
         for line in (Path(tmp) / "out" / "failures.jsonl").read_text().splitlines():
@@ -218,25 +300,44 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         "tokens_charged": total,
         "wall_s": wall,
         "rss_before_run_mb": rss_before,
+        "rss_samples": sampler.samples,
+        "rss_growth_mb_per_1k_users": growth_per_1k(sampler.samples),
         "rss_peak_mb": rss_peak,
+        "thp_disabled": thp_disabled(),
         "local_overhead_ms_median": local_ms,
         "final_concurrency": summary.extra.get("final_concurrency"),
     }
 
 
+def _mb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def _rss_at(row: dict[str, Any], fraction: float) -> str:
+    found = [x["rss_mb"] for x in row.get("rss_samples", []) if x["fraction"] == fraction]
+    return f"{found[0]:.0f}" if found else "n/a"
+
+
 def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -> str:
+    thp = (
+        "transparent huge pages off for the client"
+        if all(r.get("thp_disabled") for r in rows)
+        else "transparent huge pages as the system sets them"
+    )
     head = (
         f"Loopback server in its own process: TPM {args.tpm:,} / RPM {args.rpm:,} per scaled minute of "
         f"{args.minute_s:g} s, {args.latency:g} s latency, stand-in model replies; client: "
         f"`--task {args.task} --concurrency {args.concurrency} --max-completion-tokens "
-        f"{args.max_completion_tokens}`, same limits. Machine: 2 cores.\n\n"
+        f"{args.max_completion_tokens}`, same limits, {thp}. Machine: 2 cores.\n\n"
         "| users | requests | 429 share | TPM used (of what the limit allows) | wall s "
-        "| client RSS before run MB | client peak RSS MB | local overhead / user (median) |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "| client RSS MB: before run / at 10% / 50% / end of users | RSS growth 10% → end, MB per 1,000 users "
+        "| client peak RSS MB | local overhead / user (median) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
         f"| {r['users']:,} | {r['server_chat_requests']:,} | {r['share_429']:.2%} | {r['tpm_fraction']:.1%} "
-        f"| {r['wall_s']:.0f} | {r['rss_before_run_mb']:.0f} "
+        f"| {r['wall_s']:.0f} | {r['rss_before_run_mb']:.0f} / {_rss_at(r, 0.1)} / {_rss_at(r, 0.5)} "
+        f"/ {_rss_at(r, 1.0)} | {_mb(r.get('rss_growth_mb_per_1k_users'))} "
         f"| {r['rss_peak_mb']:.0f} | {r['local_overhead_ms_median']:.1f} ms |\n"
         for r in rows
     )
@@ -251,14 +352,43 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
     )
     tpm_ok = all(r["tpm_fraction"] >= 0.9 and r["share_429"] <= 0.02 for r in rows)
     local_ok = all(r["local_overhead_ms_median"] <= 5 for r in rows)
-    growth = ", ".join(f"{r['rss_peak_mb'] - r['rss_before_run_mb']:+.0f} MB at {r['users']:,}" for r in rows)
     targets = (
         f"\nTargets: ≥ 90% of the TPM limit with ≤ 2% of requests answered 429: "
         f"{'met' if tpm_ok else 'NOT met'}. Local overhead ≤ 5 ms per user: {'met' if local_ok else 'NOT met'} "
-        f"(prompt fitting dominates, see above). Client memory during the run: {growth} users "
-        "(the data frames loaded before the run grow with the data; the runner keeps no per-user state).\n"
+        f"(prompt fitting dominates, see above). {memory_verdict(rows)}\n"
     )
-    return f"{START}\n## Batch runner\n\nCommand: `{command}`\n\n{head}{body}{detail}{targets}\n{END}"
+    method = (
+        "\nMemory is the client's current RSS after a garbage collection, sampled from the runner's "
+        "progress callback; the step from *before run* to the 10% point is the one-off warm-up (SDK "
+        "and pydantic models built on first use, SQLite's page cache filling to its 2 MB cap, "
+        "allocator arenas), the slope after it is what grows with users; it includes prompt "
+        "fitting's caches of token counts and rendered lines (`agent/tokens.py`, `agent/prompts.py`), "
+        "bounded LRUs that fill towards their caps as new history lines appear. The runner holds only "
+        "the requests in flight (a queue of 2 × concurrency); results go to the SQLite ledger and "
+        "`results.jsonl` is written from it at the end. The data frames loaded before the run "
+        "grow with the data, not with the run.\n"
+    )
+    return f"{START}\n## Batch runner\n\nCommand: `{command}`\n\n{head}{body}{detail}{targets}{method}\n{END}"
+
+
+def memory_verdict(rows: list[dict[str, Any]]) -> str:
+    """The memory target's statement, computed per user count from the sampled slope."""
+    parts = []
+    for r in rows:
+        slope = r.get("rss_growth_mb_per_1k_users")
+        if slope is None:
+            parts.append(f"not measured at {r['users']:,} users (too few samples)")
+            continue
+        met = slope <= FLAT_MB_PER_1K_USERS
+        first = r["rss_samples"][0]["users"]
+        parts.append(
+            f"{'met' if met else 'NOT met'} at {r['users']:,} users ({slope:+.2f} MB per 1,000 users "
+            f"after the 10% point, {first:,} users)"
+        )
+    return (
+        f"Client memory flat in the number of users (RSS growth from the 10% point to the end "
+        f"≤ {FLAT_MB_PER_1K_USERS:g} MB per 1,000 users): " + "; ".join(parts) + "."
+    )
 
 
 def write_docs(text: str) -> None:
@@ -286,10 +416,18 @@ def main() -> None:
     parser.add_argument("--max-completion-tokens", type=int, default=1000)
     parser.add_argument("--model", default="gpt-4.1-mini")
     parser.add_argument("--overhead-users", type=int, default=200)
+    parser.add_argument(
+        "--thp",
+        choices=("off", "system"),
+        default="off",
+        help="transparent huge pages for the client: off (default; see the module docstring) or as set",
+    )
     parser.add_argument("--write-docs", action="store_true", help="update docs/BENCHMARKS.md")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=Path, help="re-use result rows (JSON lines) of an earlier run")
     args = parser.parse_args()
+    if args.thp == "off" and not disable_thp():  # inherited by the --single children
+        print("bench_batch: cannot disable transparent huge pages here; RSS includes them", file=sys.stderr)
     if args.single:
         print(json.dumps(single(args, args.single)))
         return
