@@ -1,6 +1,6 @@
 """Benchmark: local overhead of preparing one user's prompts (issue #6; not a timed test).
 
-    python scripts/bench_prepare.py [--fit agent|fast] [--repeat 3] [--budget 6000]
+    python scripts/bench_prepare.py [--fit agent|render] [--repeat 3] [--budget 6000]
 
 Loads fixtures/sample (50 users, 42-173 events each), makes one warm-up pass over every user
 (``prepare_profile`` then ``prepare_recommend``, no network: the agent has no client and
@@ -8,8 +8,9 @@ measures prompts with gpt-4o-mini's tokenizer), then times each call per user an
 median milliseconds. The warm-up pass is reported too: it is what a batch sees the first time
 it meets a user (token counts of history lines are cached by then only for the second task).
 
-``--fit fast`` routes ``RecommenderAgent._fit_prompt`` through ``agent.prompt_fit.fit_prompt``
-(the wiring proposed in issue #6) for trees where recommender.py does not call it yet.
+``--fit render`` times the reference algorithm instead (``agent.prompt_fit.fit_by_rendering``:
+render and count the prompt at every bisection probe, as before issue #6): same prompts, the
+"before" column of docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,16 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "fixtures" / "sample"
 
 
-def route_through_fit_prompt() -> None:
-    """Make ``_fit_prompt`` the body proposed in issue #6 (for trees not wired yet)."""
+def route_through_rendering() -> None:
+    """Make ``_fit_prompt`` the reference algorithm (render + count at every bisection probe)."""
     from agent.history import history_lines
     from agent.llm import DEFAULT_MODEL
-    from agent.prompt_fit import fit_prompt
+    from agent.prompt_fit import fit_by_rendering
 
     def _fit_prompt(self: RecommenderAgent, user_events: pd.DataFrame, build: Any, scrubber: Scrubber) -> Any:
         lines = history_lines(user_events, self.catalog, scrubber)
         model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
-        return fit_prompt(
+        return fit_by_rendering(
             self.renderer,
             build,
             user_events,
@@ -65,14 +66,16 @@ def timings(users: list[str], call: Callable[[str], object]) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fit", choices=["agent", "fast"], default="agent")
+    parser.add_argument(
+        "--fit", choices=["agent", "render"], default="agent", help="render: the reference algorithm"
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="timed passes after the warm-up (median of all)"
     )
     parser.add_argument("--budget", type=int, default=AgentConfig().prompt_budget_tokens)
     args = parser.parse_args()
-    if args.fit == "fast":
-        route_through_fit_prompt()
+    if args.fit == "render":
+        route_through_rendering()
 
     items = load_items(SAMPLE / "items.csv")
     events = align_catalog(load_events(SAMPLE / "events.csv"), items)
