@@ -9,8 +9,8 @@ median milliseconds. The warm-up pass is reported too: it is what a batch sees t
 it meets a user (token counts of history lines are cached by then only for the second task).
 
 ``--fit render`` times the reference algorithm instead (``agent.prompt_fit.fit_by_rendering``:
-render and count the prompt at every bisection probe, as before issue #6): same prompts, the
-"before" column of docs/BENCHMARKS.md.
+render and count the prompt at every bisection probe): same prompts, and what the bisection
+alone would cost with today's renderer and token counter.
 """
 
 from __future__ import annotations
@@ -21,12 +21,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 from agent.data import align_catalog, load_events, load_items
-from agent.privacy import Scrubber
 from agent.recommender import AgentConfig, RecommenderAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,25 +30,11 @@ SAMPLE = ROOT / "fixtures" / "sample"
 
 
 def route_through_rendering() -> None:
-    """Make ``_fit_prompt`` the reference algorithm (render + count at every bisection probe)."""
-    from agent.history import history_lines
-    from agent.llm import DEFAULT_MODEL
+    """Make the agent fit prompts with the reference algorithm (same signature, same prompts)."""
+    import agent.recommender
     from agent.prompt_fit import fit_by_rendering
 
-    def _fit_prompt(self: RecommenderAgent, user_events: pd.DataFrame, build: Any, scrubber: Scrubber) -> Any:
-        lines = history_lines(user_events, self.catalog, scrubber)
-        model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
-        return fit_by_rendering(
-            self.renderer,
-            build,
-            user_events,
-            lines,
-            model,
-            self.config.prompt_budget_tokens,
-            self.config.max_history_events,
-        )
-
-    RecommenderAgent._fit_prompt = _fit_prompt  # type: ignore[method-assign]
+    agent.recommender.fit_prompt = fit_by_rendering  # type: ignore[assignment]
 
 
 def timings(users: list[str], call: Callable[[str], object]) -> list[float]:
