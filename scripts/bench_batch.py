@@ -346,16 +346,16 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
     detail = (
         f"\nLocal overhead by step (median per user, `{args.task}`, fixtures/sample: 50 users, "
         f"~80 events each, 6,000-token prompt budget): {steps}; total {parts['total']:.1f} ms. "
-        "`prepare` is the agent's prompt fitting (history slice, render, tiktoken count, repeated "
-        "by the binary search over the history that fits the budget); the runner's own work "
-        "(body, key, ledger) is small.\n"
+        "`prepare` is the retriever query plus the agent's prompt fitting: history slice, one "
+        "render, and exact token counts summed from cached per-line counts (`agent/prompt_fit.py`). "
+        "The runner's own work (body, key, ledger) is small.\n"
     )
     tpm_ok = all(r["tpm_fraction"] >= 0.9 and r["share_429"] <= 0.02 for r in rows)
     local_ok = all(r["local_overhead_ms_median"] <= 5 for r in rows)
     targets = (
         f"\nTargets: ≥ 90% of the TPM limit with ≤ 2% of requests answered 429: "
         f"{'met' if tpm_ok else 'NOT met'}. Local overhead ≤ 5 ms per user: {'met' if local_ok else 'NOT met'} "
-        f"(prompt fitting dominates, see above). {memory_verdict(rows)}\n"
+        f"(prompt preparation dominates, see above). {memory_verdict(rows)}\n"
     )
     method = (
         "\nMemory is the client's current RSS after a garbage collection, sampled from the runner's "
