@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, Usage
 
 if TYPE_CHECKING:  # the evaluation machinery (pandas, scikit-learn...) loads only when it runs
     from agent.evaluate import EvalCase
@@ -163,12 +163,6 @@ class CostEstimate:
     sampled_users: int
 
 
-def _usage(fields: dict[str, Any]) -> Any:
-    from agent.errors import Usage
-
-    return Usage(**{k: v for k, v in fields.items() if k in Usage.__dataclass_fields__})
-
-
 def estimate_cost(
     method: AgentMethod,
     cases: list[EvalCase],
@@ -237,7 +231,7 @@ def _fit_fusion(
         max_users=args.fusion_users,
         seed=seed,
     )
-    agent.usage.add(_usage(report.usage))  # the fit's calls are the agent method's spend too
+    agent.usage.add(Usage.from_dict(report.usage))  # the fit's calls are the agent method's spend too
     mrr = ", ".join(f"{name} {value:.4f}" for name, value in report.mrr.items())
     notes.append(
         f"fusion fit on {report.lists_used} validation lists ({report.note}); in-sample MRR: {mrr or 'n/a'}; "
@@ -315,9 +309,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     ks, wanted = _ks(args.ks), _methods(args.methods)
-    bootstrap_orders(args.bootstrap)
-    if args.fusion != "fit":
-        fusion_weights(args.fusion)  # a bad weights file fails before any work
+    bootstrap = bootstrap_orders(args.bootstrap)
+    # read now, so a bad weights file fails before any work; `fit` is fit further down
+    fusion = None if args.fusion == "fit" else fusion_weights(args.fusion)
     for name in ("depth", "rerank", "concurrency", "fusion_users"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
@@ -387,8 +381,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 rerank=args.rerank,
                 with_profile=args.with_profile,
                 concurrency=args.concurrency,
-                fusion=None if args.fusion == "fit" else fusion_weights(args.fusion),  # fit: set below
-                bootstrap=bootstrap_orders(args.bootstrap),
+                fusion=fusion,
+                bootstrap=bootstrap,
             )
             methods.append(agent)
     methods += [EXTRA_METHODS[m](training) for m in wanted if m in EXTRA_METHODS]

@@ -200,7 +200,7 @@ class Conversation:
             result, dropped = recommend_with_constraints(
                 self.agent, user_id, state.constraints, self.k, has_prices=prices, also_exclude=also
             )
-            usage.add(errors.Usage(**result.usage) if result else errors.Usage())
+            usage.add(errors.Usage.from_dict(result.usage) if result else errors.Usage())
         reply = self._reply_text(state, events, result, dropped, how)
         if result is not None:
             state.shown = [self._shown(n, r.item_id) for n, r in enumerate(result.items, start=1)]

@@ -7,6 +7,7 @@ any ``RecommenderError`` into one line on stderr and a non-zero exit code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,11 @@ class Usage:
         self.cached_tokens += other.cached_tokens
         self.cost_usd += other.cost_usd
         self.requests += other.requests
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> Usage:
+        """The usage ``as_dict`` wrote (a result's ``usage``); other keys are ignored."""
+        return cls(**{name: fields[name] for name in cls.__dataclass_fields__ if name in fields})
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -181,11 +181,7 @@ class AgentMethod:
         """The prompts this case sends (the ranking one without a profile); no network."""
         head, _ = self._split_case(case)
         prompts = [self.agent.prepare_profile(case.user_id).prompt] if self.with_profile else []
-        orders = range(self.agent.config.bootstrap_orders)
-        return [
-            *prompts,
-            *(self.agent.prepare_ranking(case.user_id, head, k=len(head), order=n).prompt for n in orders),
-        ]
+        return [*prompts, *(p.prompt for p in self.agent.prepare_rankings(case.user_id, head, k=len(head)))]
 
     def rank(self, case: EvalCase) -> list[str]:
         head, ordered = self._split_case(case)
@@ -199,10 +195,7 @@ class AgentMethod:
                 reply = self.client.complete(prep.prompt, prep.context.output_model())
                 usage.add(reply.usage)
                 profile = interpret_profile(prep.context, reply).profile
-            preps = [
-                self.agent.prepare_ranking(case.user_id, head, k=len(head), profile=profile, order=n)
-                for n in range(self.agent.config.bootstrap_orders)
-            ]
+            preps = self.agent.prepare_rankings(case.user_id, head, k=len(head), profile=profile)
             replies = []
             for prep in preps:
                 sent.append(prep.prompt)

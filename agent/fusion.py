@@ -164,16 +164,23 @@ def fit(
 
 def mean_reciprocal_rank(lists: Sequence[RankedList], chosen: Sequence[str], weights: FusionWeights) -> float:
     """Mean reciprocal rank of ``chosen[i]`` in ``lists[i]`` fused by ``weights`` (0 when absent)."""
+    if not lists:
+        return 0.0
     usable = [(r, t) for r, t in zip(lists, chosen, strict=True) if t in r.candidate_ids]
-    return _mean_reciprocal_rank(usable, weights) * len(usable) / len(lists) if lists else 0.0
+    return sum(_reciprocal_ranks(usable, weights)) / len(lists)
 
 
 def _mean_reciprocal_rank(usable: Sequence[tuple[RankedList, str]], weights: FusionWeights) -> float:
-    total = 0.0
+    return sum(_reciprocal_ranks(usable, weights)) / len(usable)
+
+
+def _reciprocal_ranks(usable: Sequence[tuple[RankedList, str]], weights: FusionWeights) -> list[float]:
+    """1 / rank of each target in its fused list (every target is among its candidates)."""
+    out = []
     for ranked, target in usable:
         order = [item for item, _ in fuse(ranked, weights)]
-        total += 1.0 / (order.index(target) + 1)
-    return total / len(usable)
+        out.append(1.0 / (order.index(target) + 1))
+    return out
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -115,7 +115,7 @@ def fit_fusion(
                 log.warning("fusion fit: one user's request failed, skipping it: %s", exc)
                 failed += 1
             else:
-                usage.add(errors.Usage(**_usage_fields(result.usage)))
+                usage.add(errors.Usage.from_dict(result.usage))
                 if result.fallback_reason:  # the model was unavailable for this user
                     failed += 1
                 else:
@@ -165,9 +165,3 @@ def _report(
         usage=usage.as_dict(),
         note=note,
     )
-
-
-def _usage_fields(usage: dict[str, Any]) -> dict[str, Any]:
-    """The ``Usage`` constructor fields of a result's usage dict (it also carries derived keys)."""
-    names = {f.name for f in dataclasses.fields(errors.Usage)}
-    return {k: v for k, v in usage.items() if k in names}

@@ -293,10 +293,7 @@ class RecommenderAgent:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
         if not candidates:  # e.g. the user consumed the whole catalog: nothing to ask the model
             return self._fallback(rec_id, user_id, candidates, k, "no candidates left to rank")
-        prepared = [
-            self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile, order=n)
-            for n in range(max(1, self.config.bootstrap_orders))
-        ]
+        prepared = self.prepare_rankings(user_id, candidates, k=k, query=query, profile=profile)
         replies: list[StructuredReply[Any]] = []
         try:
             for request in prepared:
@@ -312,6 +309,20 @@ class RecommenderAgent:
             return result
         contexts = [request.context for request in prepared]
         return interpret_rankings(contexts, replies, recommendation_id=rec_id)
+
+    def prepare_rankings(
+        self,
+        user_id: str,
+        candidates: list[Candidate],
+        k: int = 10,
+        query: str | None = None,
+        profile: BehaviorProfile | None = None,
+    ) -> list[PreparedRequest]:
+        """One ``prepare_ranking`` per shuffled order the config asks for (``bootstrap_orders``)."""
+        return [
+            self.prepare_ranking(user_id, candidates, k=k, query=query, profile=profile, order=n)
+            for n in range(self.config.bootstrap_orders)
+        ]
 
     def prepare_ranking(
         self,

@@ -180,7 +180,7 @@ def interpret_rankings(
         for item in reply.value.items:
             placed.setdefault(item.item_id, item)
 
-    out = _fused(context, llm_order, placed, grounded)
+    out = _fused(context, titles, llm_order, placed, grounded)
     usage = errors.Usage()
     for reply in replies:
         usage.add(reply.usage)
@@ -202,11 +202,14 @@ def interpret_rankings(
 
 
 def _fused(
-    context: ReplyContext, llm_order: list[str], placed: dict[str, Any], grounded: list[GroundedRanking]
+    context: ReplyContext,
+    titles: dict[str, str],
+    llm_order: list[str],
+    placed: dict[str, Any],
+    grounded: list[GroundedRanking],
 ) -> list[Recommendation]:
     """The final ``context.k`` items: fused order, or the model's order back-filled."""
     k = context.k
-    titles = {c.item_id: c.title for c in context.candidates}
     reasons: dict[str, str] = {}
     for g in grounded:  # raw-text replies carry reasons in the grounding, not in items
         for item_id, reason in g.reasons.items():
