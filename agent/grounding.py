@@ -30,7 +30,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 from rapidfuzz import fuzz, process
@@ -165,39 +165,56 @@ def ground(
 
 
 class _Grounder:
-    """Indexes for one call: known ids and every normalised spelling of every title."""
+    """Indexes for one call: known ids and every normalised spelling of every title.
+
+    The title indexes are built on first use: a structured reply whose ids all match
+    exactly never needs them.
+    """
 
     def __init__(self, candidates: Mapping[str, str], history: Collection[str], titles: Mapping[str, str]):
         self.hist = set(history) | set(titles)
         self.ok = {c for c in candidates if c not in self.hist}
         self.known = set(candidates) | self.hist
-        self.lower: dict[str, list[str]] = {}
+        self._candidates, self._titles = candidates, titles
+
+    @cached_property
+    def lower(self) -> dict[str, list[str]]:
+        lower: dict[str, list[str]] = {}
         for i in self.known:
-            self.lower.setdefault(i.lower(), []).append(i)
-        self.exact: dict[str, list[str]] = {}  # spelling -> ids
-        self.core: dict[str, list[str]] = {}  # spelling without English articles -> ids (fuzzy keys)
-        self.joined: dict[str, list[str]] = {}  # core without spaces: "Spiderman" == "Spider-Man"
-        self.year: dict[str, str | None] = {}
-        shortened: dict[str, set[str]] = {}
-        for item_id, title in [
-            *candidates.items(),
-            *((i, t) for i, t in titles.items() if i not in candidates),
-        ]:
-            if not isinstance(title, str) or not title.strip():
-                continue
-            self.year[item_id], spellings, short = title_keys(title)
-            for keys in spellings:
-                for index, key in zip((self.exact, self.core, self.joined), keys, strict=True):
-                    if key and item_id not in index.setdefault(key, []):
-                        index[key].append(item_id)
-            for key in short:
-                shortened.setdefault(key, set()).add(item_id)
-        self.short = {k: v.pop() for k, v in shortened.items() if len(v) == 1}
-        first: dict[str, list[tuple[tuple[str, ...], Ids]]] = {}
-        for key, key_ids in self.exact.items():
-            first.setdefault(key.split()[0], []).append((tuple(key.split()), tuple(key_ids)))
-        self.first = {k: sorted(v, key=lambda e: -len(e[0])) for k, v in first.items()}
-        self.keys = [k for k in self.core if len(k) >= MIN_FUZZY_CHARS]
+            lower.setdefault(i.lower(), []).append(i)
+        return lower
+
+    @cached_property
+    def _index(self) -> _TitleIndex:
+        return _TitleIndex(self._candidates, self._titles)
+
+    @property
+    def exact(self) -> dict[str, list[str]]:
+        return self._index.exact
+
+    @property
+    def core(self) -> dict[str, list[str]]:
+        return self._index.core
+
+    @property
+    def joined(self) -> dict[str, list[str]]:
+        return self._index.joined
+
+    @property
+    def year(self) -> dict[str, str | None]:
+        return self._index.year
+
+    @property
+    def short(self) -> dict[str, str]:
+        return self._index.short
+
+    @property
+    def first(self) -> dict[str, list[tuple[tuple[str, ...], Ids]]]:
+        return self._index.first
+
+    @property
+    def keys(self) -> list[str]:
+        return self._index.keys
 
     def resolve_id(self, token: str) -> Ids | None:
         token = token.strip()
@@ -367,6 +384,36 @@ class _Grounder:
                 ids = ids or (self.title(title) if title else None)
                 out.append((ids, idv or title or repr(el)[:80], reason))
         return out
+
+
+class _TitleIndex:
+    """Every normalised spelling of every candidate (and history) title -> ids."""
+
+    def __init__(self, candidates: Mapping[str, str], titles: Mapping[str, str]) -> None:
+        self.exact: dict[str, list[str]] = {}  # spelling -> ids
+        self.core: dict[str, list[str]] = {}  # spelling without English articles -> ids (fuzzy keys)
+        self.joined: dict[str, list[str]] = {}  # core without spaces: "Spiderman" == "Spider-Man"
+        self.year: dict[str, str | None] = {}
+        shortened: dict[str, set[str]] = {}
+        for item_id, title in [
+            *candidates.items(),
+            *((i, t) for i, t in titles.items() if i not in candidates),
+        ]:
+            if not isinstance(title, str) or not title.strip():
+                continue
+            self.year[item_id], spellings, short = title_keys(title)
+            for keys in spellings:
+                for index, key in zip((self.exact, self.core, self.joined), keys, strict=True):
+                    if key and item_id not in index.setdefault(key, []):
+                        index[key].append(item_id)
+            for key in short:
+                shortened.setdefault(key, set()).add(item_id)
+        self.short = {k: v.pop() for k, v in shortened.items() if len(v) == 1}
+        first: dict[str, list[tuple[tuple[str, ...], Ids]]] = {}
+        for key, key_ids in self.exact.items():
+            first.setdefault(key.split()[0], []).append((tuple(key.split()), tuple(key_ids)))
+        self.first = {k: sorted(v, key=lambda e: -len(e[0])) for k, v in first.items()}
+        self.keys = [k for k in self.core if len(k) >= MIN_FUZZY_CHARS]
 
 
 def _distinctive(token: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from itertools import accumulate
@@ -145,14 +146,14 @@ def _fit_builtin(
     if total is None or frame_key is None or not all(type(line) is HistoryLine for line in lines_all):
         return None
     history = dumped_lines(lines_all)
-    frame, full = _frames.get(frame_key), None
+    frame = _frames.get(frame_key)
     if frame is None:
-        full, frame = _render_all(renderer, name, version, inputs, history)
+        frame = _render_frame(renderer, name, version, inputs, history[-1])
         if frame is None:
             return None
         with _lock:
             while len(_frames) >= FRAME_CACHE_SIZE:
-                del _frames[next(iter(_frames))]
+                _frames.popitem(last=False)
             _frames[frame_key] = frame
     line_of = dict(zip(rows_all, history, strict=True))
     exact, count = partial(tokens.split_is_exact, kind), partial(tokens.count_encoded, encoding)
@@ -178,49 +179,73 @@ def _fit_builtin(
         return framing + count(_head(k, total)) + prefix_tokens[k] + closing_tokens[last]
 
     k = tokens.longest_fitting_prefix(len(priority), measure, budget)
-    if k == len(priority) and full is not None:
-        return full, lines_all
     rows = sorted(priority[:k])
     kept = [lines[i] for i in rows]
-    final_name, final_inputs = build(kept)
-    if final_name != name or not _shows(final_inputs, kept) or not _same_but_history(inputs, final_inputs):
-        return None  # the builder changes more than the history: only rendering is safe
-    renderer.check_inputs(final_name, final_inputs)
-    block = renderer.render_macro("_base.j2", "history_block", [line_of[row] for row in rows], total)
+    if k < len(priority):
+        final_name, final_inputs = build(kept)
+        if (
+            final_name != name
+            or not _shows(final_inputs, kept)
+            or not _same_but_history(inputs, final_inputs)
+        ):
+            return None  # the builder changes more than the history: only rendering is safe
+        renderer.check_inputs(final_name, final_inputs)
     counted = _head(k, total) + "".join(pieces[row][0] for row in rows)
     counted += "</data>" + (_tail(line_of[rows[-1]]) if rows else "")
-    if block != counted:
+    if not _macro_checked(renderer, version, [line_of[row] for row in rows], total, counted):
         log.warning("template %s did not render as predicted; fitting its history by rendering", name)
         return None
-    user = {"role": "user", "content": frame.before + block + frame.after}
+    user = {"role": "user", "content": frame.before + counted + frame.after}
     return RenderedPrompt(name, version, [{"role": "system", "content": frame.system}, user]), kept
 
 
-def _render_all(
-    renderer: PromptRenderer, name: str, version: str, inputs: BaseModel, history: list[DumpedLine]
-) -> tuple[RenderedPrompt, _Frame | None]:
-    """Render ``inputs`` with every candidate line and split off the frame around the block."""
+def _render_frame(
+    renderer: PromptRenderer, name: str, version: str, inputs: BaseModel, last: DumpedLine
+) -> _Frame | None:
+    """Render ``inputs`` with only the ``last`` history line and split off the frame around
+    the block (the pinned templates show ``history`` nowhere else, so the frame is the same
+    for any history). None if the render is not as predicted."""
     lists = {  # candidates: lists of line models other than the history
         field: value
         for field, value in inputs
         if field != "history" and isinstance(value, list) and any(isinstance(m, BaseModel) for m in value)
     }
     if not all(type(m) in PLAIN_LINE_MODELS for models in lists.values() for m in models):
-        return renderer.render(name, inputs), None
+        return None
     variables = inputs.model_dump(mode="json", exclude={"history", *lists})
-    variables.update({field: dumped_lines(models) for field, models in lists.items()}, history=history)
-    full = renderer.render_vars(name, variables, version=version)
-    system, user = (message["content"] for message in full.messages)
-    head = _head(len(history), getattr(inputs, "total_events", None))
+    variables.update({field: dumped_lines(models) for field, models in lists.items()}, history=[last])
+    system, user = (
+        message["content"] for message in renderer.render_vars(name, variables, version=version).messages
+    )
+    head = _head(1, getattr(inputs, "total_events", None))
     at = user.find(head)
     if at < 0 or user.find(head, at + 1) >= 0:
-        return full, None
-    run = "".join(compact_json(line) + "\n" for line in history)
-    end = at + len(head) + len(run)
-    closing = "</data>" + _tail(history[-1])
-    if not user.startswith(run, at + len(head)) or not user.startswith(closing, end):
-        return full, None
-    return full, _Frame(system, user[:at], user[end + len(closing) :])
+        return None
+    end = at + len(head) + len(compact_json(last)) + 1
+    closing = "</data>" + _tail(last)
+    if not user.startswith(compact_json(last) + "\n", at + len(head)) or not user.startswith(closing, end):
+        return None
+    return _Frame(system, user[:at], user[end + len(closing) :])
+
+
+_checked_versions: set[tuple[int, str]] = set()
+
+
+def _macro_checked(
+    renderer: PromptRenderer, version: str, shown: list[DumpedLine], total: object, counted: str
+) -> bool:
+    """True if ``_base.j2``'s history block renders ``shown`` as ``counted``: rendered and
+    compared on the first use of each template version by each renderer, trusted after that
+    (the block is a pinned template's loop over the lines' cached JSON; every new frame is
+    checked against a real render with its user's last line)."""
+    key = (id(renderer), version)
+    if key in _checked_versions:
+        return True
+    if renderer.render_macro("_base.j2", "history_block", shown, total) != counted:
+        return False
+    with _lock:
+        _checked_versions.add(key)
+    return True
 
 
 def _same_but_history(first: BaseModel, second: BaseModel) -> bool:
@@ -278,11 +303,11 @@ def _piece(line: DumpedLine, encoding: tiktoken.Encoding) -> tuple[str, int]:
     piece: tuple[str, int] | None = memo.get(encoding.name)
     if piece is None:
         text = compact_json(line) + "\n"
-        piece = memo[encoding.name] = (text, tokens.count_encoded(encoding, text))
+        piece = memo[encoding.name] = (text, tokens.count_line(encoding, text))
     return piece
 
 
-_frames: dict[tuple[str, bytes], _Frame] = {}
+_frames: OrderedDict[tuple[str, bytes], _Frame] = OrderedDict()
 _lock = threading.Lock()
 
 

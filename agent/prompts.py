@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -282,7 +283,7 @@ def _tojson(eval_ctx: EvalContext, value: Any, indent: int | None = None) -> Mar
     ):
         return do_tojson(eval_ctx, value, indent)
     if type(value) is _CompactLine:
-        return value._json
+        return Markup(value._json)  # the text is already HTML-safe JSON
     return Markup(tojson_text(value))
 
 
@@ -307,14 +308,14 @@ class DumpedLine(dict[str, Any]):
     def _compact_line(self) -> _CompactLine:
         if self._compact is None:
             compact = _CompactLine((k, v) for k, v in self.items() if v is not None)
-            compact._json = Markup(tojson_text(compact))
+            compact._json = tojson_text(compact)
             self._compact = compact
         return self._compact
 
 
 def compact_json(line: DumpedLine) -> str:
     """What ``{{ line|compact|tojson }}`` renders (computed once per line)."""
-    return str(line._compact_line()._json)
+    return line._compact_line()._json
 
 
 def line_memo(line: DumpedLine) -> dict[str, Any]:
@@ -326,7 +327,7 @@ PLAIN_LINE_MODELS: frozenset[type[BaseModel]] = frozenset({HistoryLine, Candidat
 """Line models without custom serializers: their own dump is their part of any inputs' dump."""
 LINE_CACHE_SIZE = 8192
 """Lines that ``dumped_lines`` remembers (the oldest are forgotten first)."""
-_lines: dict[tuple[type, bytes], DumpedLine] = {}
+_lines: OrderedDict[tuple[type, str | bytes], DumpedLine] = OrderedDict()
 _lines_lock = threading.Lock()
 
 
@@ -340,27 +341,57 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
     """
     out = []
     for model in models:
-        try:
-            key = (type(model), to_json(model, inf_nan_mode="constants"))
-        except (PydanticSerializationError, TypeError, ValueError):
-            out.append(DumpedLine(model.model_dump(mode="json")))
-            continue
+        values = _json_ready_fields(model)
+        if values is not None:
+            # Its dump is its field values, so its compact JSON (a field is None or shown)
+            # is an exact key, and the text the prompt needs anyway.
+            compact = _CompactLine({k: v for k, v in values.items() if v is not None})
+            compact._json = tojson_text(compact)
+            key: tuple[type, str | bytes] = (type(model), compact._json)
+        else:
+            compact = None
+            try:
+                key = (type(model), to_json(model, inf_nan_mode="constants"))
+            except (PydanticSerializationError, TypeError, ValueError):
+                out.append(DumpedLine(model.model_dump(mode="json")))
+                continue
         line = _lines.get(key)
         if line is None:
-            line = DumpedLine(model.model_dump(mode="json"))
+            line = DumpedLine(values if values is not None else model.model_dump(mode="json"))
+            line._compact = compact
             with _lines_lock:
                 while len(_lines) >= LINE_CACHE_SIZE:
-                    del _lines[next(iter(_lines))]
+                    _lines.popitem(last=False)  # O(1); next(iter(dict)) scans deleted slots
                 _lines[key] = line
         out.append(line)
     return out
+
+
+_FIELD_NAMES: dict[type[BaseModel], tuple[str, ...]] = {m: tuple(m.model_fields) for m in PLAIN_LINE_MODELS}
+
+
+def _json_ready_fields(model: BaseModel) -> dict[str, Any] | None:
+    """The field values of a plain line model if ``model_dump(mode="json")`` equals them:
+    every value a str, int, finite float or None (pydantic dumps inf and NaN as null)."""
+    names = _FIELD_NAMES.get(type(model))
+    values = model.__dict__
+    if names is None or tuple(values) != names:
+        return None
+    for value in values.values():
+        kind = type(value)
+        if kind is float:
+            if value - value != 0.0:  # inf or NaN
+                return None
+        elif kind is not str and kind is not int and value is not None:
+            return None
+    return values
 
 
 class _CompactLine(dict[str, Any]):
     """``compact`` of a ``DumpedLine``, with its ``tojson`` text."""
 
     __slots__ = ("_json",)
-    _json: Markup
+    _json: str  # what ``tojson`` renders for it
 
 
 def _drop_nulls(value: Any) -> Any:

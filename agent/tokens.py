@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,14 @@ def count_encoded(encoding: tiktoken.Encoding, text: str) -> int:
     return total + _count_piece(encoding, text[start:])
 
 
+def count_line(encoding: tiktoken.Encoding, text: str) -> int:
+    """``count_encoded(encoding, text)`` for one line (no "\\n" but maybe a last one), with
+    less overhead: the sum of its clauses' cached counts, without caching the whole line."""
+    if "\n" in text[:-1] or pretokenizer_kind(encoding) is None:
+        return count_encoded(encoding, text)
+    return _count_clauses(encoding, text)
+
+
 def _count_piece(encoding: tiktoken.Encoding, text: str) -> int:
     if len(text) > MAX_CACHED_PIECE:
         return _count_clauses(encoding, text)
@@ -194,14 +203,12 @@ def _count_clauses(encoding: tiktoken.Encoding, text: str) -> int:
     """
     if ", " not in text or pretokenizer_kind(encoding) is None:
         return _count_full(encoding, text)
-    total = 0
-    start = 0
-    end = text.find(", ") + 1
-    while end:
-        total += _count_clause(encoding, text[start:end])
-        start = end
-        end = text.find(", ", end) + 1
-    return total + _count_clause(encoding, text[start:])
+    # Cut between every "," and the " " after it (zero-width, in C): the same clauses as
+    # cutting after each ", " found from left to right.
+    return sum(map(partial(_count_clause, encoding), _CLAUSE_CUT.split(text)))
+
+
+_CLAUSE_CUT = re.compile(r"(?<=,)(?= )")
 
 
 def _count_clause(encoding: tiktoken.Encoding, text: str) -> int:

@@ -628,6 +628,7 @@ def test_sample_prompts_count_the_same_as_a_full_encode(
 
 def _forget_everything() -> None:
     prompt_fit._frames.clear()
+    prompt_fit._checked_versions.clear()
     prompts_module._lines.clear()
     for cached in (tokens_module._count_cached, tokens_module._count_short):
         cached.cache_clear()
