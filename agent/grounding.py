@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
+from pydantic import BaseModel
 from rapidfuzz import fuzz, process
 
 from agent.titles import (
@@ -378,7 +379,7 @@ class _Grounder:
             if isinstance(el, str | int) and not isinstance(el, bool):
                 out += self.line(True, _clean(str(el))[1], True)
             elif el is not None and not isinstance(el, bool):
-                get: Callable[[str, None], Any] = el.get if isinstance(el, Mapping) else partial(getattr, el)
+                get = el.get if isinstance(el, Mapping) else _attribute_getter(el)
                 idv, title, reason = (_first(get, keys) for keys in (_ID_KEYS, _TITLE_KEYS, _REASON_KEYS))
                 ids = (self.resolve_id(idv) or self.title(idv)) if idv else None
                 ids = ids or (self.title(title) if title else None)
@@ -457,6 +458,23 @@ def _clean_reason(reason: str | None) -> str | None:
     if not isinstance(reason, str):
         return None
     return reason.strip().lstrip(" \t\"'“”‘’«»`*_-–—:|>→,;").rstrip(" \t\"'“”‘’«»`*_|,;").strip() or None
+
+
+def _attribute_getter(element: Any) -> Callable[[str, None], Any]:
+    """``getattr(element, key, default)`` as a function; for a pydantic model, names it lacks
+    are answered from its fields without pydantic's ``__getattr__`` (slow when it fails)."""
+    if not isinstance(element, BaseModel):
+        return partial(getattr, element)
+    fields, extra = element.__dict__, element.__pydantic_extra__ or {}
+
+    def get(key: str, default: None) -> Any:
+        if key in fields:
+            return fields[key]
+        if key in extra:
+            return extra[key]
+        return getattr(element, key, default) if hasattr(type(element), key) else default
+
+    return get
 
 
 def _first(get: Callable[[str, None], Any], keys: tuple[str, ...]) -> str | None:

@@ -51,7 +51,7 @@ class Catalog:
             for row in items[["item_id", "title", "category", "price", "description"]].itertuples(index=False)
         }
         # Scrubbing a description costs several regex passes; items repeat across users.
-        self._scrubbed: dict[tuple[str, int, tuple[str, ...]], tuple[str | None, Counter[str]]] = {}
+        self._lines: dict[tuple[str, int, bool, tuple[str, ...]], tuple[CandidateLine, Counter[str]]] = {}
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._items
@@ -67,33 +67,36 @@ class Catalog:
         return info.title if info else item_id
 
     def candidate_line(self, item_id: str, scrubber: Scrubber, description_chars: int = 240) -> CandidateLine:
+        """The item as a candidate line: title clipped, description clipped and scrubbed.
+
+        Lines are built once per item and setting and shared (they are frozen); each call
+        adds what scrubbing the description replaced to ``scrubber.counts``.
+        """
         info = self._items.get(item_id)
         if info is None:
             return CandidateLine(item_id=item_id, title=item_id, category=None, price=None, description=None)
-        description = info.description[:description_chars] if info.description else None
-        return CandidateLine(
-            item_id=item_id,
-            title=_clip(info.title, MAX_TITLE_CHARS) or item_id,
-            category=info.category,
-            price=info.price,
-            description=self._scrub_description(item_id, description, description_chars, scrubber),
-        )
-
-    def _scrub_description(
-        self, item_id: str, description: str | None, chars: int, scrubber: Scrubber
-    ) -> str | None:
-        """``scrubber.scrub(description)``, computed once per item and settings (counts included)."""
-        if description is None or not scrubber.enabled or type(scrubber) is not Scrubber:
-            return scrubber.scrub(description)
-        key = (item_id, chars, tuple(scrubber.kinds))
-        cached = self._scrubbed.get(key)
+        if type(scrubber) is not Scrubber:  # a subclass may scrub differently each time
+            return _candidate_line(info, scrubber, description_chars)
+        key = (item_id, description_chars, scrubber.enabled, tuple(scrubber.kinds))
+        cached = self._lines.get(key)
         if cached is None:
-            fresh = Scrubber(kinds=scrubber.kinds)
-            cached = self._scrubbed[key] = (fresh.scrub(description), fresh.counts)
-        scrubbed, counts = cached
+            fresh = Scrubber(enabled=scrubber.enabled, kinds=scrubber.kinds)
+            cached = self._lines[key] = (_candidate_line(info, fresh, description_chars), fresh.counts)
+        line, counts = cached
         if counts:
             scrubber.counts.update(counts)
-        return scrubbed
+        return line
+
+
+def _candidate_line(info: ItemInfo, scrubber: Scrubber, description_chars: int) -> CandidateLine:
+    description = info.description[:description_chars] if info.description else None
+    return CandidateLine(
+        item_id=info.item_id,
+        title=_clip(info.title, MAX_TITLE_CHARS) or info.item_id,
+        category=info.category,
+        price=info.price,
+        description=scrubber.scrub(description),
+    )
 
 
 def keep_priority(user_events: pd.DataFrame, keep_recent: int = 5) -> list[int]:

@@ -34,7 +34,7 @@ from jinja2.filters import do_tojson
 from jinja2.nodes import EvalContext
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticSerializationError, to_json
 
 from agent.errors import TemplateError
@@ -71,6 +71,10 @@ class HistoryLine(BaseModel):
 
 
 class CandidateLine(BaseModel):
+    """One candidate as the model sees it. Frozen: the catalog shares one per item and setting."""
+
+    model_config = ConfigDict(frozen=True)
+
     item_id: str
     title: str
     category: str | None
@@ -329,6 +333,9 @@ LINE_CACHE_SIZE = 8192
 """Lines that ``dumped_lines`` remembers (the oldest are forgotten first)."""
 _lines: OrderedDict[tuple[type, str | bytes], DumpedLine] = OrderedDict()
 _lines_lock = threading.Lock()
+_FROZEN_LINE_MODELS = frozenset(m for m in PLAIN_LINE_MODELS if m.model_config.get("frozen"))
+# Shared frozen lines (the catalog's candidates) are found by identity, without their JSON.
+_by_identity: OrderedDict[int, tuple[BaseModel, DumpedLine]] = OrderedDict()
 
 
 def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
@@ -341,6 +348,10 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
     """
     out = []
     for model in models:
+        shared = _by_identity.get(id(model)) if type(model) in _FROZEN_LINE_MODELS else None
+        if shared is not None and shared[0] is model:  # the very instance (kept alive here)
+            out.append(shared[1])
+            continue
         values = _json_ready_fields(model)
         if values is not None:
             # Its dump is its field values, so its compact JSON (a field is None or shown)
@@ -363,6 +374,11 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
                 while len(_lines) >= LINE_CACHE_SIZE:
                     _lines.popitem(last=False)  # O(1); next(iter(dict)) scans deleted slots
                 _lines[key] = line
+        if type(model) in _FROZEN_LINE_MODELS:
+            with _lines_lock:
+                while len(_by_identity) >= LINE_CACHE_SIZE:
+                    _by_identity.popitem(last=False)
+                _by_identity[id(model)] = (model, line)
         out.append(line)
     return out
 
