@@ -5,11 +5,13 @@ bisection over how many priority-ordered history lines to keep. ``fit_prompt`` k
 lines and returns the same messages, byte for byte. Every probe gets the exact count, so the
 bisection takes the same steps; for the built-in templates (``FAST_TEMPLATE_VERSIONS``) the
 count comes without rendering: the prompt is ``before + head(k) + lines + "</data>" + tail +
-after`` (``_base.j2``'s history block in its frame), the frame and the lines' JSON come from
-one render and are cached, and the count is the sum of cached counts of the pieces, exact
-because every junction is a proven pre-token boundary (``agent.tokens.split_is_exact``,
-checked). The result is the chosen block as the template's macro renders it, in its frame;
-it must be the counted text. Anything else falls back to the reference.
+after`` (``_base.j2``'s history block in its frame; ``after`` holds the candidate lines,
+spliced in), the frame comes from one render with a single history line and is cached (for
+``recommend`` per number of candidates, not per candidate set), the lines' JSON is cached,
+and the count is the sum of cached counts of the pieces, exact because every junction is a
+proven pre-token boundary (``agent.tokens.split_is_exact``, checked). Each new frame is checked
+against its render; the block against the macro's render on the first use of each template
+version. Anything else falls back to the reference.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from agent.prompts import (
     DumpedLine,
     HistoryLine,
     PromptRenderer,
+    RecommendInputs,
     RenderedPrompt,
     compact_json,
     dumped_lines,
@@ -52,7 +55,9 @@ _AGENT_VERSIONS = {"profile@425f7ff96c", "recommend@6b333f364c"}
 _CONTENT_VERSIONS = {"describe_item@6015253449", "explain@67406db280", "summarize@0d79cec544"}
 FAST_TEMPLATE_VERSIONS: frozenset[str] = frozenset(_AGENT_VERSIONS | _CONTENT_VERSIONS)
 """Built-in template versions whose user message shows ``history`` only through
-``{{ base.history_block(history, total_events) }}`` (and whose system message not at all).
+``{{ base.history_block(history, total_events) }}`` (and whose system message not at all),
+and ``recommend``'s ``candidates`` only as their number and as one run of
+``{{ candidate|compact|tojson }}`` lines after that block (spliced into a shared frame).
 After editing a template or ``_base.j2``, check that this still holds and update the versions
 (tests/test_prompt_fit.py fails until then and compares the fast path with the reference)."""
 FRAME_CACHE_SIZE = 256
@@ -146,9 +151,10 @@ def _fit_builtin(
     if total is None or frame_key is None or not all(type(line) is HistoryLine for line in lines_all):
         return None
     history = dumped_lines(lines_all)
+    shown = _spliced_lines(inputs)
     frame = _frames.get(frame_key)
     if frame is None:
-        frame = _render_frame(renderer, name, version, inputs, history[-1])
+        frame = _render_frame(renderer, name, version, inputs, history[-1], shown)
         if frame is None:
             return None
         with _lock:
@@ -158,24 +164,35 @@ def _fit_builtin(
     line_of = dict(zip(rows_all, history, strict=True))
     exact, count = partial(tokens.split_is_exact, kind), partial(tokens.count_encoded, encoding)
     # Junctions of the prediction: after `before` and the head, and around each line (the
-    # JSON of a dict, '{...}', + "\n"; followed by another line or by "</data>").
+    # JSON of a dict, '{...}', + "\n"; followed by another line or by "</data>"), and
+    # around the spliced candidate lines (after a line break, before "<").
     if not (
-        exact(frame.before, "<") and exact(_head(1, total), "{") and exact("}\n", "{") and exact("}\n", "<")
+        exact(frame.before, "<")
+        and exact(_head(1, total), "{")
+        and exact("}\n", "{")
+        and exact("}\n", "<")
+        and (
+            frame.cut is None
+            or (exact(frame.after[: frame.cut], "{") and exact("}\n", frame.after[frame.cut :]))
+        )
     ):
         return None
 
     framing = frame.framing_tokens(encoding, model)
-    pieces = {row: _piece(line_of[row], encoding) for row in rows_all}
+    spliced = _pieces(shown, encoding) if frame.cut is not None else []
+    run, run_tokens = "".join(text for text, _ in spliced), sum(n for _, n in spliced)
+    pieces = dict(zip(rows_all, _pieces(history, encoding), strict=True))
     prefix_tokens = [0, *accumulate(pieces[row][1] for row in priority)]
     last_row = [-1, *accumulate(priority, max)]
     closing_tokens: dict[int, int] = {}
 
     def measure(k: int) -> int:  # exact tokens with the first k priority rows
         if k == 0:
-            return framing + frame.tokens_after(encoding, kind, _head(0, total) + "</data>")
+            return framing + frame.tokens_after(encoding, kind, _head(0, total) + "</data>", run_tokens)
         last = last_row[k]
         if last not in closing_tokens:
-            closing_tokens[last] = frame.tokens_after(encoding, kind, "</data>" + _tail(line_of[last]))
+            closing = "</data>" + _tail(line_of[last])
+            closing_tokens[last] = frame.tokens_after(encoding, kind, closing, run_tokens)
         return framing + count(_head(k, total)) + prefix_tokens[k] + closing_tokens[last]
 
     k = tokens.longest_fitting_prefix(len(priority), measure, budget)
@@ -195,16 +212,23 @@ def _fit_builtin(
     if not _macro_checked(renderer, version, [line_of[row] for row in rows], total, counted):
         log.warning("template %s did not render as predicted; fitting its history by rendering", name)
         return None
-    user = {"role": "user", "content": frame.before + counted + frame.after}
+    user = {"role": "user", "content": frame.before + counted + frame.splice(run)}
     return RenderedPrompt(name, version, [{"role": "system", "content": frame.system}, user]), kept
 
 
 def _render_frame(
-    renderer: PromptRenderer, name: str, version: str, inputs: BaseModel, last: DumpedLine
+    renderer: PromptRenderer,
+    name: str,
+    version: str,
+    inputs: BaseModel,
+    last: DumpedLine,
+    shown: list[DumpedLine],
 ) -> _Frame | None:
     """Render ``inputs`` with only the ``last`` history line and split off the frame around
     the block (the pinned templates show ``history`` nowhere else, so the frame is the same
-    for any history). None if the render is not as predicted."""
+    for any history). With ``shown`` (the candidates, see ``_spliced_lines``) their run of
+    lines after the block is cut out too, so the frame serves any candidates of that number.
+    None if the render is not as predicted."""
     lists = {  # candidates: lists of line models other than the history
         field: value
         for field, value in inputs
@@ -214,9 +238,8 @@ def _render_frame(
         return None
     variables = inputs.model_dump(mode="json", exclude={"history", *lists})
     variables.update({field: dumped_lines(models) for field, models in lists.items()}, history=[last])
-    system, user = (
-        message["content"] for message in renderer.render_vars(name, variables, version=version).messages
-    )
+    messages = renderer.render_vars(name, variables, version=version).messages
+    system, user = (message["content"] for message in messages)
     head = _head(1, getattr(inputs, "total_events", None))
     at = user.find(head)
     if at < 0 or user.find(head, at + 1) >= 0:
@@ -225,7 +248,21 @@ def _render_frame(
     closing = "</data>" + _tail(last)
     if not user.startswith(compact_json(last) + "\n", at + len(head)) or not user.startswith(closing, end):
         return None
-    return _Frame(system, user[:at], user[end + len(closing) :])
+    after, cut = user[end + len(closing) :], None
+    if shown:
+        run = "".join(compact_json(line) + "\n" for line in shown)
+        cut = after.find(run)
+        if cut < 2 or after.find(run, cut + 1) >= 0:  # (a junction is judged by 2 characters)
+            return None
+        after = after[:cut] + after[cut + len(run) :]
+    return _Frame(system, user[:at], after, cut)
+
+
+def _spliced_lines(inputs: BaseModel) -> list[DumpedLine]:
+    """The recommend template's candidates, which the frame leaves out ([] for other inputs)."""
+    if type(inputs) is not RecommendInputs or not inputs.candidates:
+        return []
+    return dumped_lines(inputs.candidates)
 
 
 _checked_versions: set[tuple[int, str]] = set()
@@ -254,7 +291,17 @@ def _same_but_history(first: BaseModel, second: BaseModel) -> bool:
     if type(first) is not type(second) or len(set(totals)) != 1:
         return False
     others = [(value, getattr(second, field)) for field, value in first if field != "history"]
-    return all(a is b for a, b in others) or _frame_key("", first) == _frame_key("", second)
+    if all(a is b for a, b in others):
+        return True
+    dumped = _json_but_history(first)
+    return dumped is not None and dumped == _json_but_history(second)
+
+
+def _json_but_history(inputs: BaseModel) -> bytes | None:
+    try:
+        return to_json(inputs, exclude={"history"}, inf_nan_mode="constants")
+    except (PydanticSerializationError, TypeError, ValueError):
+        return None
 
 
 def _shows(inputs: BaseModel, kept: list[HistoryLine]) -> bool:
@@ -264,14 +311,21 @@ def _shows(inputs: BaseModel, kept: list[HistoryLine]) -> bool:
 
 
 class _Frame:
-    """A prompt around its history block, with the tokens of everything but the block."""
+    """A prompt around its history block, with the tokens of everything but the block.
 
-    __slots__ = ("_rest", "_tokens", "after", "before", "system")
+    With ``cut`` set, ``after`` lacks the run of candidate lines that goes at ``cut``.
+    """
 
-    def __init__(self, system: str, before: str, after: str) -> None:
-        self.system, self.before, self.after = system, before, after
+    __slots__ = ("_rest", "_tokens", "after", "before", "cut", "system")
+
+    def __init__(self, system: str, before: str, after: str, cut: int | None = None) -> None:
+        self.system, self.before, self.after, self.cut = system, before, after, cut
         self._tokens: dict[str, int] = {}
         self._rest: dict[str, tuple[int, int]] = {}
+
+    def splice(self, run: str) -> str:
+        """``after`` with the candidate lines ``run`` in their place."""
+        return self.after if self.cut is None else self.after[: self.cut] + run + self.after[self.cut :]
 
     def framing_tokens(self, encoding: tiktoken.Encoding, model: str) -> int:
         """Tokens of the system message, of ``before`` and of both messages' framing."""
@@ -282,29 +336,34 @@ class _Frame:
             self._tokens[encoding.name] = count
         return count
 
-    def tokens_after(self, encoding: tiktoken.Encoding, kind: str, text: str) -> int:
-        """Tokens of ``text + after``; ``after`` from its first proven line boundary on (the
-        candidates) is counted once."""
+    def tokens_after(self, encoding: tiktoken.Encoding, kind: str, text: str, run_tokens: int) -> int:
+        """Tokens of ``text + splice(run)`` given the run's ``run_tokens``; ``after`` from its
+        first proven line boundary on is counted once (the run's junctions are proven exact
+        by the caller)."""
         split = self._rest.get(encoding.name)
         if split is None:
-            after, at = self.after, len(self.after)
-            for i in range(2, len(after)):
+            cut = len(self.after) if self.cut is None else self.cut
+            after, at = self.after, cut
+            for i in range(2, cut):
                 if after[i - 1] == "\n" and tokens.split_is_exact(kind, after[:i], after[i:]):
                     at = i
                     break
-            split = self._rest[encoding.name] = (at, tokens.count_encoded(encoding, after[at:]))
+            rest = tokens.count_encoded(encoding, after[at:cut]) + tokens.count_encoded(encoding, after[cut:])
+            split = self._rest[encoding.name] = (at, rest)
         at, rest = split
-        return tokens.count_encoded(encoding, text + self.after[:at]) + rest
+        return tokens.count_encoded(encoding, text + self.after[:at]) + rest + run_tokens
 
 
-def _piece(line: DumpedLine, encoding: tiktoken.Encoding) -> tuple[str, int]:
-    """The line as its history block shows it (JSON + "\\n") and its tokens, computed once."""
-    memo = line_memo(line)
-    piece: tuple[str, int] | None = memo.get(encoding.name)
-    if piece is None:
-        text = compact_json(line) + "\n"
-        piece = memo[encoding.name] = (text, tokens.count_line(encoding, text))
-    return piece
+def _pieces(lines: list[DumpedLine], encoding: tiktoken.Encoding) -> list[tuple[str, int]]:
+    """Each line as its history block shows it (JSON + "\\n") and its tokens, computed once."""
+    name = encoding.name
+    memos = [line_memo(line) for line in lines]
+    pieces: list[tuple[str, int] | None] = [memo.get(name) for memo in memos]
+    new = [i for i, piece in enumerate(pieces) if piece is None]
+    texts = [compact_json(lines[i]) + "\n" for i in new]
+    for i, text, count in zip(new, texts, tokens.count_lines(encoding, texts), strict=True):
+        pieces[i] = memos[i][name] = (text, count)
+    return pieces  # type: ignore[return-value]  # every None was filled
 
 
 _frames: OrderedDict[tuple[str, bytes], _Frame] = OrderedDict()
@@ -312,8 +371,13 @@ _lock = threading.Lock()
 
 
 def _frame_key(version: str, inputs: BaseModel) -> tuple[str, bytes] | None:
-    # total_events only shows in the head, which is computed; the history is what varies.
+    # total_events only shows in the head, which is computed; the history is what varies,
+    # and the recommend template's candidates, which are spliced in (their number shows).
+    exclude = {"history", "total_events"}
+    if type(inputs) is RecommendInputs and inputs.candidates:
+        exclude.add("candidates")
+        version = f"{version}:{len(inputs.candidates)}"
     try:
-        return version, to_json(inputs, exclude={"history", "total_events"}, inf_nan_mode="constants")
+        return version, to_json(inputs, exclude=exclude, inf_nan_mode="constants")
     except (PydanticSerializationError, TypeError, ValueError):
         return None
