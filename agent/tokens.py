@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -176,11 +175,16 @@ def count_lines(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
     (see ``_count_clauses``), and the lines themselves are not cached."""
     if pretokenizer_kind(encoding) is None:
         return [count_encoded(encoding, text) for text in texts]
-    clause, cut = partial(_count_clause, encoding), _CLAUSE_CUT.split
-    return [
-        sum(map(clause, cut(text))) if text.find("\n", 0, len(text) - 1) < 0 else count_encoded(encoding, text)
-        for text in texts
-    ]
+    clause, short = partial(_count_clause, encoding), partial(_count_short, encoding)
+    counts = []
+    for text in texts:
+        if text.find("\n", 0, len(text) - 1) >= 0:
+            counts.append(count_encoded(encoding, text))
+            continue
+        clauses = _clauses(text)
+        # all short (the usual case): straight to the cache, without a call per clause
+        counts.append(sum(map(short if max(map(len, clauses)) <= MAX_CACHED_CLAUSE else clause, clauses)))
+    return counts
 
 
 def _count_piece(encoding: tiktoken.Encoding, text: str) -> int:
@@ -208,12 +212,17 @@ def _count_clauses(encoding: tiktoken.Encoding, text: str) -> int:
     """
     if ", " not in text or pretokenizer_kind(encoding) is None:
         return _count_full(encoding, text)
-    # Cut between every "," and the " " after it (zero-width, in C): the same clauses as
-    # cutting after each ", " found from left to right.
-    return sum(map(partial(_count_clause, encoding), _CLAUSE_CUT.split(text)))
+    return sum(map(partial(_count_clause, encoding), _clauses(text)))
 
 
-_CLAUSE_CUT = re.compile(r"(?<=,)(?= )")
+def _clauses(text: str) -> list[str]:
+    """``text`` cut between every "," and the " " after it (``str.split`` finds every ", ":
+    two cannot overlap). Faster than a zero-width regex split."""
+    parts = text.split(", ")
+    if len(parts) == 1:
+        return parts
+    last = len(parts) - 1
+    return [parts[0] + ",", *[" " + part + "," for part in parts[1:last]], " " + parts[last]]
 
 
 def _count_clause(encoding: tiktoken.Encoding, text: str) -> int:
