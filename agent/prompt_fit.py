@@ -299,7 +299,8 @@ def _same_but_history(first: BaseModel, second: BaseModel) -> bool:
 
 def _json_but_history(inputs: BaseModel) -> bytes | None:
     try:
-        return to_json(inputs, exclude={"history"}, inf_nan_mode="constants")
+        # The dump, not the model: for a model, to_json writes inf, -inf and NaN all as null.
+        return to_json(inputs.model_dump(mode="json", exclude={"history"}), inf_nan_mode="constants")
     except (PydanticSerializationError, TypeError, ValueError):
         return None
 
@@ -378,6 +379,7 @@ def _frame_key(version: str, inputs: BaseModel) -> tuple[str, bytes] | None:
         exclude.add("candidates")
         version = f"{version}:{len(inputs.candidates)}"
     try:
-        return version, to_json(inputs, exclude=exclude, inf_nan_mode="constants")
+        dumped = inputs.model_dump(mode="json", exclude=exclude)  # see _json_but_history
+        return version, to_json(dumped, inf_nan_mode="constants")
     except (PydanticSerializationError, TypeError, ValueError):
         return None

