@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import operator
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -265,7 +266,7 @@ def _spliced_lines(inputs: BaseModel) -> list[DumpedLine]:
     return dumped_lines(inputs.candidates)
 
 
-_checked_versions: set[tuple[int, str]] = set()
+_checked_versions: weakref.WeakKeyDictionary[PromptRenderer, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _macro_checked(
@@ -275,13 +276,12 @@ def _macro_checked(
     compared on the first use of each template version by each renderer, trusted after that
     (the block is a pinned template's loop over the lines' cached JSON; every new frame is
     checked against a real render with its user's last line)."""
-    key = (id(renderer), version)
-    if key in _checked_versions:
+    if version in _checked_versions.get(renderer, ()):
         return True
     if renderer.render_macro("_base.j2", "history_block", shown, total) != counted:
         return False
     with _lock:
-        _checked_versions.add(key)
+        _checked_versions.setdefault(renderer, set()).add(version)
     return True
 
 

@@ -354,7 +354,7 @@ def test_the_history_block_is_rendered_once_per_renderer_and_version(
             assert len(calls) - before == (slack == 300 and index < 2)  # first profile, first recommend
             assert got == prompt_fit.fit_by_rendering(renderer, build, events, lines, MODEL, budget, 300)
     versions = {renderer.version(build([])[0]) for _, build, _ in cases}
-    assert {(id(renderer), v) for v in versions} <= prompt_fit._checked_versions
+    assert set(versions) <= prompt_fit._checked_versions[renderer]
 
 
 @pytest.mark.usefixtures("fresh_caches")
@@ -373,7 +373,7 @@ def test_a_block_rendered_otherwise_falls_back_to_rendering(
         assert got == prompt_fit.fit_by_rendering(renderer, build, events, lines, MODEL, budget, 300)
         assert [r.levelno for r in caplog.records] == [logging.WARNING]
         assert "did not render as predicted" in caplog.records[0].getMessage()
-        assert (id(renderer), renderer.version(build([])[0])) not in prompt_fit._checked_versions
+        assert renderer.version(build([])[0]) not in prompt_fit._checked_versions.get(renderer, set())
     assert len(calls) == 4  # never trusted: checked again every time
 
 
