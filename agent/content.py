@@ -35,13 +35,13 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from agent import errors
 from agent.domains import DomainPreset, preset_for
 from agent.errors import Usage
-from agent.history import fit_history, history_lines
+from agent.history import history_lines
 from agent.llm import ChatClient, StructuredReply, account, extract_json
 from agent.privacy import Scrubber
+from agent.prompt_fit import fit_prompt
 from agent.prompts import Domain, HistoryLine, RenderedPrompt
 from agent.recommender import RecommenderAgent
 from agent.schemas import StrictModel
-from agent.tokens import count_messages
 
 log = logging.getLogger(__name__)
 
@@ -475,8 +475,8 @@ class ContentGenerator:
         agent = self.agent
         lines = history_lines(user_events, agent.catalog, scrubber)
 
-        def build(kept: list[HistoryLine]) -> RenderedPrompt:
-            inputs = ContentInputs(
+        def build(kept: list[HistoryLine]) -> tuple[str, ContentInputs]:
+            return TEMPLATES[kind], ContentInputs(
                 domain=self.preset.domain,
                 kind=kind,
                 kind_name=self.preset.word_for(kind),
@@ -487,13 +487,14 @@ class ContentGenerator:
                 total_events=len(user_events),
                 max_words=self.max_words,
             )
-            return agent.renderer.render(TEMPLATES[kind], inputs)
 
-        kept = fit_history(
+        # The agent's prompt fitting: same prompts as render-and-count, without rendering per probe.
+        return fit_prompt(
+            agent.renderer,
+            build,
             user_events,
             lines,
-            lambda rows: count_messages(build(rows).messages, model),
+            model,
             agent.config.prompt_budget_tokens,
             min(agent.config.max_history_events, MAX_CONTENT_HISTORY),
         )
-        return build(kept), kept

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 import httpx2
 import pandas as pd
@@ -17,6 +18,7 @@ from agent.data import align_catalog, load_events, load_items
 from agent.domains import PRESETS, make_agent
 from agent.llm import ChatClient, LLMConfig
 from agent.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
+from agent.prompts import PromptRenderer
 from agent.recommender import RecommenderAgent
 from tests.conftest import ROOT, SAMPLE, chat_bodies
 
@@ -265,3 +267,25 @@ def test_cli_generate_errors_are_one_line(capsys: pytest.CaptureFixture[str]) ->
         assert main(args) == 3
     err = capsys.readouterr().err
     assert err.startswith("recagent: error:") and "NOPE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_content_prompts_are_fitted_without_rendering_per_probe(
+    frames: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The built-in content templates take the agent's fast prompt fitting: no full render per
+    bisection probe (the recorded prompts still match, so they are the reference's prompts)."""
+    renders: list[str] = []
+    original = PromptRenderer.render
+
+    def counting(self: PromptRenderer, name: str, inputs: Any) -> Any:
+        renders.append(name)
+        return original(self, name, inputs)
+
+    monkeypatch.setattr(PromptRenderer, "render", counting)
+    transport = ReplayTransport(Cassette(CASSETTE))
+    config = LLMConfig(model=standin_chat.RECORDED_MODEL, api_key="x")
+    with ChatClient(config, http_client=httpx2.Client(transport=transport)) as client:
+        generator = ContentGenerator(RecommenderAgent(*frames, client), items=frames[1])
+        for item_id, kind in standin_chat.RECORDED_CONTENT:
+            assert generator.generate(standin_chat.RECORDED_USER, item_id, kind).text
+    assert renders == []
