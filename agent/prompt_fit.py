@@ -34,18 +34,17 @@ from pydantic_core import PydanticSerializationError, to_json
 from agent import tokens
 from agent.errors import TemplateError
 from agent.history import fit_history, keep_priority
-from agent.prompts import (
+from agent.prompt_lines import (
     PLAIN_LINE_MODELS,
     DumpedLine,
     HistoryLine,
-    PromptRenderer,
-    RecommendInputs,
-    RenderedPrompt,
     compact_json,
     dumped_lines,
     line_memo,
+    line_parts,
     tojson_text,
 )
+from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +355,24 @@ class _Frame:
 
 
 def _pieces(lines: list[DumpedLine], encoding: tiktoken.Encoding) -> list[tuple[str, int]]:
-    """Each line as its history block shows it (JSON + "\\n") and its tokens, computed once."""
+    """Each line as its history block shows it (JSON + "\\n") and its tokens, computed once:
+    from the line's parts where it has them (history lines), else from its clauses."""
     name = encoding.name
     memos = [line_memo(line) for line in lines]
     pieces: list[tuple[str, int] | None] = [memo.get(name) for memo in memos]
-    new = [i for i, piece in enumerate(pieces) if piece is None]
-    texts = [compact_json(lines[i]) + "\n" for i in new]
-    for i, text, count in zip(new, texts, tokens.count_lines(encoding, texts), strict=True):
+    unparted = []
+    for i, piece in enumerate(pieces):
+        if piece is None:
+            parts = line_parts(lines[i])
+            if parts is None:
+                unparted.append(i)
+            else:
+                pieces[i] = memos[i][name] = (
+                    compact_json(lines[i]) + "\n",
+                    tokens.count_parts(encoding, parts),
+                )
+    texts = [compact_json(lines[i]) + "\n" for i in unparted]
+    for i, text, count in zip(unparted, texts, tokens.count_lines(encoding, texts), strict=True):
         pieces[i] = memos[i][name] = (text, count)
     return pieces  # type: ignore[return-value]  # every None was filled
 

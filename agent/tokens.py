@@ -187,6 +187,16 @@ def count_lines(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
     return counts
 
 
+def count_parts(encoding: tiktoken.Encoding, parts: Sequence[str]) -> int:
+    """Exact tokens of ``"".join(parts)`` for parts cut between a "," and a " " (every part
+    but the last ends with ",", every part but the first starts with " "; the caller's
+    promise): each cut is a pre-token boundary (lemma 2, ``_count_clauses``), so the count
+    is the sum of the parts' cached counts."""
+    if pretokenizer_kind(encoding) is None:
+        return count_encoded(encoding, "".join(parts))
+    return sum(map(partial(_count_clause, encoding), parts))
+
+
 def _count_piece(encoding: tiktoken.Encoding, text: str) -> int:
     if len(text) > MAX_CACHED_PIECE:
         return _count_clauses(encoding, text)

@@ -24,20 +24,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 import agent.grounding as grounding
 import agent.prompt_fit as prompt_fit
-import agent.prompts as prompts_module
+import agent.prompt_lines as prompt_lines
 from agent.data import align_catalog, load_events, load_items
 from agent.grounding import ground
 from agent.history import Catalog, history_lines
 from agent.privacy import Scrubber
-from agent.prompts import (
-    CandidateLine,
-    HistoryLine,
-    PromptRenderer,
-    RecommendInputs,
-    RenderedPrompt,
-    compact_json,
-    dumped_lines,
-)
+from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines
+from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
 from agent.recommender import RecommenderAgent
 from agent.schemas import recommendations_model
 from agent.tokens import count_lines, count_messages, encoding_for
@@ -127,8 +120,8 @@ def test_distinct_json_gives_distinct_lines(field: str, first: object, second: o
 def fresh_caches() -> Iterator[None]:
     """Cold line and frame caches; what a test leaves in them is not served to other tests."""
     caches = (
-        prompts_module._lines,
-        prompts_module._by_identity,
+        prompt_lines._lines,
+        prompt_lines._by_identity,
         prompt_fit._frames,
         prompt_fit._checked_versions,
     )

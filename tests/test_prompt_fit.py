@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import agent.prompt_fit as prompt_fit
-import agent.prompts as prompts_module
+import agent.prompt_lines as prompt_lines
 import agent.tokens as tokens_module
 from agent.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, KNOWN_BEHAVIORS
 from agent.content import ContentInputs
@@ -35,6 +35,7 @@ from agent.errors import ConfigError
 from agent.history import Catalog, consumed_items, history_lines, keep_priority
 from agent.privacy import Scrubber
 from agent.prompt_fit import FAST_TEMPLATE_VERSIONS, fast_version, fit_prompt
+from agent.prompt_lines import tojson_text
 from agent.prompts import (
     BUILTIN_TEMPLATE_DIR,
     CandidateLine,
@@ -44,7 +45,6 @@ from agent.prompts import (
     PromptRenderer,
     RecommendInputs,
     RenderedPrompt,
-    tojson_text,
 )
 from agent.recommender import DEFAULT_MODEL, RecommenderAgent
 from agent.tokens import (
@@ -629,7 +629,9 @@ def test_sample_prompts_count_the_same_as_a_full_encode(
 def _forget_everything() -> None:
     prompt_fit._frames.clear()
     prompt_fit._checked_versions.clear()
-    prompts_module._lines.clear()
+    prompt_lines._lines.clear()
+    prompt_lines._by_identity.clear()
+    prompt_lines._string_json.cache_clear()
     for cached in (tokens_module._count_cached, tokens_module._count_short):
         cached.cache_clear()
 
