@@ -29,11 +29,11 @@ from agent.data import align_catalog, load_events, load_items
 from agent.grounding import ground
 from agent.history import Catalog, history_lines
 from agent.privacy import Scrubber
-from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines
+from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines, line_parts
 from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
 from agent.recommender import RecommenderAgent
 from agent.schemas import recommendations_model
-from agent.tokens import count_lines, count_messages, encoding_for
+from agent.tokens import count_lines, count_messages, count_parts, encoding_for
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample"
 MODEL = "gpt-4o-mini"
@@ -92,6 +92,19 @@ def test_dumped_lines_are_model_dump_and_render_like_jinja(models: list[BaseMode
         assert text == REFERENCE.render(line=dump)
     twins = [type(m)(**dict(m)) for m in models]  # new instances, equal JSON: the same lines
     assert all(a is b for a, b in zip(lines, dumped_lines(twins), strict=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(models=st.lists(HISTORY_LINES, min_size=1, max_size=4))
+def test_history_line_parts_join_to_the_line_and_count_exactly(models: list[HistoryLine]) -> None:
+    encoding = encoding_for(MODEL)
+    for line in dumped_lines(models):
+        parts = line_parts(line)
+        if parts is None:  # inf or NaN: no parts, counted from the text
+            continue
+        assert "".join(parts) == compact_json(line) + "\n"
+        assert all(p.endswith(",") for p in parts[:-1]) and all(p.startswith(" ") for p in parts[1:])
+        assert count_parts(encoding, parts) == len(encoding.encode("".join(parts), disallowed_special=()))
 
 
 @pytest.mark.parametrize(
