@@ -153,6 +153,7 @@ class RunnerStepTimes:
         self.totals: list[float] = []  # seconds per finished request
         self._open: dict[int, tuple[list[float], int]] = {}  # context id -> (time, prompt id)
         self._by_prompt: dict[int, list[float]] = {}
+        self.steps: dict[str, list[float]] = {"prepare": [], "read_and_validate": [], "interpret": []}
 
     def __enter__(self) -> RunnerStepTimes:
         import agent.batch as batch_module
@@ -168,6 +169,7 @@ class RunnerStepTimes:
         def timed_prepare(planner: Planner, user_id: str, task: str) -> Any:
             start = time.perf_counter()
             item = prepare(planner, user_id, task)
+            self.steps["prepare"].append(time.perf_counter() - start)
             if item.prepared is not None:
                 spent = [time.perf_counter() - start]
                 self._open[id(item.prepared.context)] = (spent, id(item.prepared.prompt))
@@ -179,6 +181,7 @@ class RunnerStepTimes:
             try:
                 return received(exchange, completion)
             finally:
+                self.steps["read_and_validate"].append(time.perf_counter() - start)
                 spent = self._by_prompt.get(id(exchange.prompt))
                 if spent is not None:
                     spent[0] += time.perf_counter() - start
@@ -186,6 +189,7 @@ class RunnerStepTimes:
         def timed_interpret(context: Any, reply: Any, *args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             result = interpret(context, reply, *args, **kwargs)
+            self.steps["interpret"].append(time.perf_counter() - start)
             opened = self._open.pop(id(context), None)
             if opened is not None:
                 spent, prompt_id = opened
@@ -209,6 +213,9 @@ class RunnerStepTimes:
 
     def median_ms(self) -> float | None:
         return statistics.median(self.totals) * 1000 if self.totals else None
+
+    def step_medians_ms(self) -> dict[str, float]:
+        return {name: statistics.median(times) * 1000 for name, times in self.steps.items() if times}
 
 
 def _serve(conn: Any, rpm: int, tpm: int, minute_s: float, latency: float) -> None:
@@ -390,6 +397,7 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         "local_overhead_ms_median": local_ms,
         "local_overhead_in_run_ms_median": in_run.median_ms(),
         "local_overhead_in_run_requests": len(in_run.totals),
+        "local_overhead_in_run_steps_ms": in_run.step_medians_ms(),
         "final_concurrency": summary.extra.get("final_concurrency"),
     }
 
