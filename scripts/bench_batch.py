@@ -477,7 +477,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "and pydantic models built on first use, SQLite's page cache filling to its 2 MB cap, "
         "allocator arenas), the slope after it is what grows with users; until about "
         f"{WARMUP_USERS:,} users it includes prompt fitting's caches of token counts, rendered lines "
-        "and frames (`agent/tokens.py`, `agent/prompts.py`, `agent/prompt_fit.py`), bounded LRUs "
+        "and frames (`agent/tokens.py`, `agent/prompt_lines.py`, `agent/prompt_fit.py`), bounded LRUs "
         "that fill to their caps, so the target is judged after that point. The runner holds only "
         "the requests in flight (a queue of 2 × concurrency); results go to the SQLite ledger and "
         "`results.jsonl` is written from it at the end. The data frames loaded before the run "
