@@ -41,7 +41,7 @@ def synthetic_log(n_events: int, n_users: int, n_items: int, seed: int) -> pd.Da
             "behavior": behavior,
             "timestamp": pd.to_datetime(ts, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "value": np.where(behavior == "rating", rng.integers(1, 6, n_events), np.nan),
-            "text": np.where(behavior == "search", "waterproof trail shoes", None),
+            "text": np.where(behavior == "search", "waterproof trail shoes", None),  # type: ignore[call-overload]  # stubs lack None
         }
     )
     frame.loc[frame["behavior"] == "search", "item_id"] = ""

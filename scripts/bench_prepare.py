@@ -34,7 +34,7 @@ def route_through_rendering() -> None:
     import agent.recommender
     from agent.prompt_fit import fit_by_rendering
 
-    agent.recommender.fit_prompt = fit_by_rendering  # type: ignore[assignment]
+    agent.recommender.fit_prompt = fit_by_rendering
 
 
 def timings(users: list[str], call: Callable[[str], object]) -> list[float]:
