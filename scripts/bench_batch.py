@@ -483,6 +483,14 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "`results.jsonl` is written from it at the end. The data frames loaded before the run "
         "grow with the data, not with the run.\n"
     )
+    in_run_steps = "; ".join(
+        f"{r['users']:,} users: "
+        + ", ".join(f"{name} {ms:.2f} ms" for name, ms in r["local_overhead_in_run_steps_ms"].items())
+        for r in rows
+        if r.get("local_overhead_in_run_steps_ms")
+    )
+    if in_run_steps:
+        detail += f"\nIn the run, median per step (`RunnerStepTimes`): {in_run_steps}.\n"
     return f"{START}\n## Batch runner\n\nCommand: `{command}`\n\n{head}{body}{detail}{targets}{method}\n{END}"
 
 
