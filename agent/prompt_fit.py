@@ -297,9 +297,15 @@ def _same_but_history(first: BaseModel, second: BaseModel) -> bool:
 
 
 def _json_but_history(inputs: BaseModel) -> bytes | None:
+    return _json_without(inputs, {"history"})
+
+
+def _json_without(inputs: BaseModel, exclude: set[str]) -> bytes | None:
+    """The inputs' JSON without ``exclude`` (exact: -0.0, inf and NaN stay distinct); None if
+    they cannot be written."""
     try:
         # The dump, not the model: for a model, to_json writes inf, -inf and NaN all as null.
-        return to_json(inputs.model_dump(mode="json", exclude={"history"}), inf_nan_mode="constants")
+        return to_json(inputs.model_dump(mode="json", exclude=exclude), inf_nan_mode="constants")
     except (PydanticSerializationError, TypeError, ValueError):
         return None
 
@@ -388,8 +394,5 @@ def _frame_key(version: str, inputs: BaseModel) -> tuple[str, bytes] | None:
     if type(inputs) is RecommendInputs and inputs.candidates:
         exclude.add("candidates")
         version = f"{version}:{len(inputs.candidates)}"
-    try:
-        dumped = inputs.model_dump(mode="json", exclude=exclude)  # see _json_but_history
-        return version, to_json(dumped, inf_nan_mode="constants")
-    except (PydanticSerializationError, TypeError, ValueError):
-        return None
+    dumped = _json_without(inputs, exclude)
+    return None if dumped is None else (version, dumped)

@@ -175,16 +175,12 @@ def count_lines(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
     (see ``_count_clauses``), and the lines themselves are not cached."""
     if pretokenizer_kind(encoding) is None:
         return [count_encoded(encoding, text) for text in texts]
-    clause, short = partial(_count_clause, encoding), partial(_count_short, encoding)
-    counts = []
-    for text in texts:
-        if text.find("\n", 0, len(text) - 1) >= 0:
-            counts.append(count_encoded(encoding, text))
-            continue
-        clauses = _clauses(text)
-        # all short (the usual case): straight to the cache, without a call per clause
-        counts.append(sum(map(short if max(map(len, clauses)) <= MAX_CACHED_CLAUSE else clause, clauses)))
-    return counts
+    return [
+        _count_clauses(encoding, text)
+        if text.find("\n", 0, len(text) - 1) < 0
+        else count_encoded(encoding, text)
+        for text in texts
+    ]
 
 
 def count_parts(encoding: tiktoken.Encoding, parts: Sequence[str]) -> int:
