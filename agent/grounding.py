@@ -186,36 +186,9 @@ class _Grounder:
         return lower
 
     @cached_property
-    def _index(self) -> _TitleIndex:
+    def index(self) -> _TitleIndex:
+        """Title spellings -> ids, built on first use."""
         return _TitleIndex(self._candidates, self._titles)
-
-    @property
-    def exact(self) -> dict[str, list[str]]:
-        return self._index.exact
-
-    @property
-    def core(self) -> dict[str, list[str]]:
-        return self._index.core
-
-    @property
-    def joined(self) -> dict[str, list[str]]:
-        return self._index.joined
-
-    @property
-    def year(self) -> dict[str, str | None]:
-        return self._index.year
-
-    @property
-    def short(self) -> dict[str, str]:
-        return self._index.short
-
-    @property
-    def first(self) -> dict[str, list[tuple[tuple[str, ...], Ids]]]:
-        return self._index.first
-
-    @property
-    def keys(self) -> list[str]:
-        return self._index.keys
 
     def resolve_id(self, token: str) -> Ids | None:
         token = token.strip()
@@ -224,25 +197,29 @@ class _Grounder:
 
     def _prefer(self, ids: list[str], year: str | None) -> Ids:
         """Items sharing a title: those of the stated year, candidates before history."""
-        same_year = [i for i in ids if year is not None and self.year.get(i) == year]
+        same_year = [i for i in ids if year is not None and self.index.year.get(i) == year]
         return tuple(sorted(same_year or ids, key=lambda i: i in self.hist))
 
     def exact_title(self, toks: list[str], year: str | None) -> Ids | None:
-        ids = self.exact.get(" ".join(toks)) or self.joined.get("".join(core_words(toks))) if toks else None
+        ids = (
+            self.index.exact.get(" ".join(toks)) or self.index.joined.get("".join(core_words(toks)))
+            if toks
+            else None
+        )
         return self._prefer(ids, year) if ids else None
 
     def approx_title(self, toks: list[str], year: str | None) -> Ids | None:
         core = core_words(toks)
         key = " ".join(core)
-        if key in self.short:
-            return (self.short[key],)
+        if key in self.index.short:
+            return (self.index.short[key],)
         if len(key) < MIN_FUZZY_CHARS:
             return None
         for alias, _, _ in process.extract(
-            key, self.keys, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF, limit=4
+            key, self.index.keys, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF, limit=4
         ):
             if title_numbers(alias.split()) == title_numbers(core) and same_words(core, alias.split()):
-                return self._prefer(self.core[alias], year)
+                return self._prefer(self.index.core[alias], year)
         return None
 
     def title(self, text: str) -> Ids | None:
@@ -283,7 +260,7 @@ class _Grounder:
         low = [m.group().lower() for m in ms]
         hits, k = self.id_tokens(text), 0
         while k < len(ms):
-            for toks, ids in self.first.get(low[k], ()):
+            for toks, ids in self.index.first.get(low[k], ()):
                 if tuple(low[k : k + len(toks)]) == toks and self._bounded(t, ms, low, k, len(toks)):
                     end = ms[k + len(toks) - 1].end()
                     year = YEAR_RE.match(folded, end + len(t[end:]) - len(t[end:].lstrip()))
@@ -303,7 +280,7 @@ class _Grounder:
             return a + 1 < len(ms) and not t[ms[a].end() : ms[a + 1].start()].strip()
 
         def titled(a: int) -> bool:  # a capitalised word that does not start another title
-            return ms[a].group()[0].isupper() and ms[a].group() != "I" and low[a] not in self.first
+            return ms[a].group()[0].isupper() and ms[a].group() != "I" and low[a] not in self.index.first
 
         a = last = k + n - 1
         if adjacent(last):
