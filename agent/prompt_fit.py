@@ -40,8 +40,8 @@ from agent.prompt_lines import (
     HistoryLine,
     compact_json,
     dumped_lines,
+    history_pieces,
     line_memo,
-    line_parts,
     tojson_text,
 )
 from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
@@ -150,7 +150,8 @@ def _fit_builtin(
     total, frame_key = getattr(inputs, "total_events", None), _frame_key(version, inputs)
     if total is None or frame_key is None or not all(type(line) is HistoryLine for line in lines_all):
         return None
-    history = dumped_lines(lines_all)
+    fast = history_pieces(lines_all, encoding)
+    history, history_texts = fast if fast is not None else (dumped_lines(lines_all), None)
     shown = _spliced_lines(inputs)
     frame = _frames.get(frame_key)
     if frame is None:
@@ -181,7 +182,7 @@ def _fit_builtin(
     framing = frame.framing_tokens(encoding, model)
     spliced = _pieces(shown, encoding) if frame.cut is not None else []
     run, run_tokens = "".join(text for text, _ in spliced), sum(n for _, n in spliced)
-    pieces = dict(zip(rows_all, _pieces(history, encoding), strict=True))
+    pieces = dict(zip(rows_all, history_texts or _pieces(history, encoding), strict=True))
     prefix_tokens = [0, *accumulate(pieces[row][1] for row in priority)]
     last_row = [-1, *accumulate(priority, max)]
     closing_tokens: dict[int, int] = {}
@@ -361,24 +362,14 @@ class _Frame:
 
 
 def _pieces(lines: list[DumpedLine], encoding: tiktoken.Encoding) -> list[tuple[str, int]]:
-    """Each line as its history block shows it (JSON + "\\n") and its tokens, computed once:
-    from the line's parts where it has them (history lines), else from its clauses."""
+    """Each line as a block of lines shows it (JSON + "\\n") and its tokens, computed once
+    per shared line."""
     name = encoding.name
     memos = [line_memo(line) for line in lines]
     pieces: list[tuple[str, int] | None] = [memo.get(name) for memo in memos]
-    unparted = []
-    for i, piece in enumerate(pieces):
-        if piece is None:
-            parts = line_parts(lines[i])
-            if parts is None:
-                unparted.append(i)
-            else:
-                pieces[i] = memos[i][name] = (
-                    compact_json(lines[i]) + "\n",
-                    tokens.count_parts(encoding, parts),
-                )
-    texts = [compact_json(lines[i]) + "\n" for i in unparted]
-    for i, text, count in zip(unparted, texts, tokens.count_lines(encoding, texts), strict=True):
+    new = [i for i, piece in enumerate(pieces) if piece is None]
+    texts = [compact_json(lines[i]) + "\n" for i in new]
+    for i, text, count in zip(new, texts, tokens.count_lines(encoding, texts), strict=True):
         pieces[i] = memos[i][name] = (text, count)
     return pieces  # type: ignore[return-value]  # every None was filled
 

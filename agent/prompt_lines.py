@@ -5,9 +5,9 @@ A prompt shows history events and candidates as one JSON object per line,
 ``JSON_DUMPS_KWARGS``. ``dumped_lines`` turns line models into ``DumpedLine``s (equal to
 ``model_dump(mode="json")``) that carry that text, so a line shown in many prompts (a user's
 history in their profile and recommend prompts, a catalog item in many users' candidates) is
-dumped and encoded once. A history line's text is built from cached per-field pieces and kept
-cut after every ", " between fields (``line_parts``): each cut is a proven pre-token
-boundary (``agent.tokens``' lemma 2), so its token count is a sum of cached counts.
+dumped and encoded once. ``history_pieces`` gives a history line's text and token count
+from cached per-field parts: the line is cut after every ", " between fields, each cut a
+proven pre-token boundary (``agent.tokens``' lemma 2), so its count is a sum of cached counts.
 
 The Jinja filters ``tojson`` and ``compact`` that templates use are here too
 (``tojson_filter``, ``compact_filter``): they render these lines from their cached text.
@@ -23,11 +23,14 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import tiktoken
 from jinja2.filters import do_tojson
 from jinja2.nodes import EvalContext
 from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict
 from pydantic_core import PydanticSerializationError, to_json
+
+from agent import tokens
 
 
 class HistoryLine(BaseModel):
@@ -127,17 +130,14 @@ class DumpedLine(dict[str, Any]):
 
     # Methods and properties would shadow keys of the same name in templates (``line.x``
     # tries the attribute first): only underscore names, refused to templates, live here.
-    __slots__ = ("_compact", "_json", "_memo", "_parts")
+    __slots__ = ("_compact", "_json", "_memo")
     _compact: _CompactLine | None
     _json: str | None
     _memo: dict[str, Any]
-    _parts: list[str] | None
 
-    def __init__(
-        self, dumped: dict[str, Any], text: str | None = None, parts: list[str] | None = None
-    ) -> None:
+    def __init__(self, dumped: dict[str, Any], text: str | None = None) -> None:
         super().__init__(dumped)
-        self._compact, self._json, self._memo, self._parts = None, text, {}, parts
+        self._compact, self._json, self._memo = None, text, {}
 
     def _compact_line(self) -> _CompactLine:
         if self._compact is None:
@@ -164,12 +164,6 @@ def line_memo(line: DumpedLine) -> dict[str, Any]:
     return line._memo
 
 
-def line_parts(line: DumpedLine) -> list[str] | None:
-    """``compact_json(line) + "\\n"`` cut after every ", " between two fields (each cut is
-    a "," then a " "), for history lines; None for other lines."""
-    return line._parts
-
-
 PLAIN_LINE_MODELS: frozenset[type[BaseModel]] = frozenset({HistoryLine, CandidateLine})
 """Line models without custom serializers: their own dump is their part of any inputs' dump."""
 LINE_CACHE_SIZE = 8192
@@ -194,16 +188,12 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
             out.append(shared[1])
             continue
         values = _json_ready_fields(model)
-        parts = None
         if values is not None:
             # Its dump is its field values, so its compact JSON (a field is None or shown)
             # is an exact key, and the text the prompt needs anyway.
-            if type(model) is HistoryLine:
-                parts = _history_parts(values)
-                text = "".join(parts)[:-1]
-            else:
-                text = tojson_text({k: v for k, v in values.items() if v is not None})
-            key: tuple[type, str | bytes] = (type(model), text)
+            compact = tojson_text({k: v for k, v in values.items() if v is not None})
+            text: str | None = compact
+            key: tuple[type, str | bytes] = (type(model), compact)
         else:
             values = model.model_dump(mode="json")
             text = None
@@ -216,7 +206,7 @@ def dumped_lines(models: Sequence[BaseModel]) -> list[DumpedLine]:
                 continue
         line = _lines.get(key)
         if line is None:
-            line = DumpedLine(values, text, parts)
+            line = DumpedLine(values, text)
             with _lines_lock:
                 while len(_lines) >= LINE_CACHE_SIZE:
                     _lines.popitem(last=False)  # O(1); next(iter(dict)) scans deleted slots
@@ -251,32 +241,95 @@ def _json_ready_fields(model: BaseModel) -> dict[str, Any] | None:
     return values
 
 
-_FIELD_JSON = {name: tojson_text(name) + ": " for name in HistoryLine.model_fields}
-"""``"name": `` of each history field (the names need no escaping)."""
+_HISTORY_FIELDS = tuple(HistoryLine.model_fields)
+_FIELD_JSON = {name: " " + tojson_text(name) + ": " for name in _HISTORY_FIELDS}
+"""`` "name": `` of each history field (the names need no escaping)."""
+PART_CACHE_SIZE = 1 << 15
+"""Field parts (a field and value, as a history line shows it) whose text and count are kept."""
 
 
-@lru_cache(maxsize=1 << 15)
-def _string_json(text: str) -> str:
-    return tojson_text(text)  # titles, categories, behaviors, dates and ids recur across users
+def history_pieces(
+    models: Sequence[BaseModel], encoding: tiktoken.Encoding
+) -> tuple[list[DumpedLine], list[tuple[str, int]]] | None:
+    """History lines as ``DumpedLine``s (as ``dumped_lines`` gives them, but not shared) and
+    each line as the history block shows it, ``compact_json(line) + "\\n"``, with its exact
+    tokens in ``encoding``.
 
-
-def _history_parts(values: dict[str, Any]) -> list[str]:
-    """``tojson_text`` of the non-null fields, + "\\n", cut after every ", " between fields.
-
-    The same text as the C encoder's: "{", then ``"key": value`` joined by ", ", then "}";
-    a str is ``tojson_text`` of it, an int or a finite float its ``repr`` (exact types only:
-    ``_json_ready_fields`` holds). HTML-escaping the whole equals escaping each value (the
-    keys have nothing to escape).
+    None unless every model is a ``HistoryLine`` whose values are exact JSON (str, int, finite
+    float or None: inf and NaN take ``dumped_lines``) and the encoding's pre-tokenizer is one
+    lemma 2 was checked for. The text is the C encoder's: "{", the non-null ``"key": value``
+    joined by ", ", "}" (a str is ``tojson_text`` of it, an int or float its ``repr``;
+    HTML-escaping the whole equals escaping each value, the keys have nothing to escape). It
+    is cut after every ", " between fields, so the count is the sum of the parts' counts, and
+    a part (a field and its value) recurs across users: its text and count are cached.
     """
-    fields = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        kind = type(value)
-        encoded = (
-            _string_json(value) if kind is str else float.__repr__(value) if kind is float else str(value)
-        )
-        fields.append(_FIELD_JSON[name] + encoded)
-    if len(fields) == 1:
-        return ["{" + fields[0] + "}\n"]
-    return ["{" + fields[0] + ",", *[" " + field + "," for field in fields[1:-1]], " " + fields[-1] + "}\n"]
+    if tokens.pretokenizer_kind(encoding) is None:
+        return None
+    lines, pieces = [], []
+    for model in models:
+        values = model.__dict__
+        if type(model) is not HistoryLine or tuple(values) != _HISTORY_FIELDS:
+            return None
+        parts, counts = [], []
+        for name, value in values.items():
+            kind = type(value)
+            if kind is str:
+                part, n = (
+                    _str_part(encoding, name, value) if name != "text" else _new_part(encoding, name, value)
+                )  # free text rarely recurs: not cached
+            elif kind is int:
+                part, n = _number_part(encoding, name, int.__repr__(value))
+            elif kind is float and value - value == 0.0:  # not inf or NaN
+                part, n = _number_part(encoding, name, float.__repr__(value))
+            elif value is None:
+                continue
+            else:
+                return None
+            parts.append(part)
+            counts.append(n)
+        # The parts are written as middle ones (" ...,"): the first opens the object, the
+        # last closes it (n, the first field, is never null).
+        if len(parts) == 1:
+            text = "{" + parts[0][1:-1] + "}\n"
+            count = tokens.count_clause(encoding, text)
+        else:
+            parts[0], counts[0] = _opening_part(encoding, parts[0])
+            parts[-1], counts[-1] = (
+                _closing_part(encoding, parts[-1]) if values["text"] is None else _closed(encoding, parts[-1])
+            )
+            text, count = "".join(parts), sum(counts)
+        lines.append(DumpedLine(values, text[:-1]))
+        pieces.append((text, count))
+    return lines, pieces
+
+
+@lru_cache(maxsize=PART_CACHE_SIZE)
+def _str_part(encoding: tiktoken.Encoding, name: str, value: str) -> tuple[str, int]:
+    return _new_part(encoding, name, value)
+
+
+def _new_part(encoding: tiktoken.Encoding, name: str, value: str) -> tuple[str, int]:
+    part = _FIELD_JSON[name] + tojson_text(value) + ","
+    return part, tokens.count_clause(encoding, part)
+
+
+@lru_cache(maxsize=PART_CACHE_SIZE)
+def _number_part(encoding: tiktoken.Encoding, name: str, written: str) -> tuple[str, int]:
+    part = _FIELD_JSON[name] + written + ","
+    return part, tokens.count_clause(encoding, part)
+
+
+@lru_cache(maxsize=PART_CACHE_SIZE)
+def _opening_part(encoding: tiktoken.Encoding, part: str) -> tuple[str, int]:
+    opening = "{" + part[1:]
+    return opening, tokens.count_clause(encoding, opening)
+
+
+@lru_cache(maxsize=PART_CACHE_SIZE)
+def _closing_part(encoding: tiktoken.Encoding, part: str) -> tuple[str, int]:
+    return _closed(encoding, part)
+
+
+def _closed(encoding: tiktoken.Encoding, part: str) -> tuple[str, int]:
+    closing = part[:-1] + "}\n"
+    return closing, tokens.count_clause(encoding, closing)

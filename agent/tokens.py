@@ -183,16 +183,6 @@ def count_lines(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
     ]
 
 
-def count_parts(encoding: tiktoken.Encoding, parts: Sequence[str]) -> int:
-    """Exact tokens of ``"".join(parts)`` for parts cut between a "," and a " " (every part
-    but the last ends with ",", every part but the first starts with " "; the caller's
-    promise): each cut is a pre-token boundary (lemma 2, ``_count_clauses``), so the count
-    is the sum of the parts' cached counts."""
-    if pretokenizer_kind(encoding) is None:
-        return count_encoded(encoding, "".join(parts))
-    return sum(map(partial(_count_clause, encoding), parts))
-
-
 def _count_piece(encoding: tiktoken.Encoding, text: str) -> int:
     if len(text) > MAX_CACHED_PIECE:
         return _count_clauses(encoding, text)
@@ -218,7 +208,7 @@ def _count_clauses(encoding: tiktoken.Encoding, text: str) -> int:
     """
     if ", " not in text or pretokenizer_kind(encoding) is None:
         return _count_full(encoding, text)
-    return sum(map(partial(_count_clause, encoding), _clauses(text)))
+    return sum(map(partial(count_clause, encoding), _clauses(text)))
 
 
 def _clauses(text: str) -> list[str]:
@@ -231,7 +221,9 @@ def _clauses(text: str) -> list[str]:
     return [parts[0] + ",", *[" " + part + "," for part in parts[1:last]], " " + parts[last]]
 
 
-def _count_clause(encoding: tiktoken.Encoding, text: str) -> int:
+def count_clause(encoding: tiktoken.Encoding, text: str) -> int:
+    """Exact tokens of ``text`` (cached when short): the count of one part of a line cut
+    between a "," and a " " (lemma 2, ``_count_clauses``), whose sum is the line's count."""
     return _count_full(encoding, text) if len(text) > MAX_CACHED_CLAUSE else _count_short(encoding, text)
 
 

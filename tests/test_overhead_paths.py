@@ -29,11 +29,11 @@ from agent.data import align_catalog, load_events, load_items
 from agent.grounding import ground
 from agent.history import Catalog, history_lines
 from agent.privacy import Scrubber
-from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines, line_parts
+from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines, history_pieces
 from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
 from agent.recommender import RecommenderAgent
 from agent.schemas import recommendations_model
-from agent.tokens import count_lines, count_messages, count_parts, encoding_for
+from agent.tokens import count_lines, count_messages, encoding_for
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample"
 MODEL = "gpt-4o-mini"
@@ -94,17 +94,42 @@ def test_dumped_lines_are_model_dump_and_render_like_jinja(models: list[BaseMode
     assert all(a is b for a, b in zip(lines, dumped_lines(twins), strict=True))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(models=st.lists(HISTORY_LINES, min_size=1, max_size=4))
-def test_history_line_parts_join_to_the_line_and_count_exactly(models: list[HistoryLine]) -> None:
-    encoding = encoding_for(MODEL)
-    for line in dumped_lines(models):
-        parts = line_parts(line)
-        if parts is None:  # inf or NaN: no parts, counted from the text
+def test_history_pieces_are_the_lines_and_their_exact_counts(models: list[HistoryLine]) -> None:
+    for model_name in (MODEL, "gpt-4"):  # o200k (or its offline stand-in) and cl100k
+        encoding = encoding_for(model_name)
+        got = history_pieces(models, encoding)
+        finite = all(
+            not isinstance(v, float) or math.isfinite(v) for m in models for v in m.__dict__.values()
+        )
+        if not finite:  # inf or NaN: the general path (dumped_lines, counted from the text)
+            assert got is None
             continue
-        assert "".join(parts) == compact_json(line) + "\n"
-        assert all(p.endswith(",") for p in parts[:-1]) and all(p.startswith(" ") for p in parts[1:])
-        assert count_parts(encoding, parts) == len(encoding.encode("".join(parts), disallowed_special=()))
+        assert got is not None
+        lines, pieces = got
+        for model, line, (text, count) in zip(models, lines, pieces, strict=True):
+            dump = model.model_dump(mode="json")
+            assert exact(line) == exact(dump)
+            assert text == compact_json(line) + "\n" == REFERENCE.render(line=dump) + "\n"
+            assert count == len(encoding.encode(text, disallowed_special=()))
+        again = history_pieces(models, encoding)  # from the cached parts: the same
+        assert again is not None and again[1] == pieces
+
+
+def test_history_pieces_refuse_what_they_cannot_write_exactly() -> None:
+    encoding = encoding_for(MODEL)
+    base = {"n": 1, "date": "2026-01-01", "behavior": "view", "item_id": None, "title": None}
+    base |= {"category": None, "price": None, "value": None, "text": None}
+    assert history_pieces([HistoryLine.model_validate(base | {"value": math.nan})], encoding) is None
+
+    class Line(HistoryLine):
+        pass
+
+    assert history_pieces([Line.model_validate(base)], encoding) is None
+    only_n = HistoryLine.model_construct(**(base | {"date": None, "behavior": None}))
+    got = history_pieces([only_n], encoding)
+    assert got is not None and got[1] == [('{"n": 1}\n', len(encoding.encode('{"n": 1}\n')))]
 
 
 @pytest.mark.parametrize(

@@ -631,7 +631,13 @@ def _forget_everything() -> None:
     prompt_fit._checked_versions.clear()
     prompt_lines._lines.clear()
     prompt_lines._by_identity.clear()
-    prompt_lines._string_json.cache_clear()
+    for part_cache in (
+        prompt_lines._str_part,
+        prompt_lines._number_part,
+        prompt_lines._opening_part,
+        prompt_lines._closing_part,
+    ):
+        part_cache.cache_clear()
     for cached in (tokens_module._count_cached, tokens_module._count_short):
         cached.cache_clear()
 
