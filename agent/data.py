@@ -502,7 +502,13 @@ class UserHistories:
 
     def for_user(self, user_id: str) -> pd.DataFrame:
         """The user's events, oldest first. Raises ``UnknownUserError`` for an unknown user."""
+        start, end = self.require(user_id)
+        return self._frame.iloc[start:end]
+
+    def require(self, user_id: str) -> tuple[int, int]:
+        """The user's rows (start, end) in the log; ``UnknownUserError`` for an unknown user.
+        For checking a user without slicing the frame."""
         span = self._span.get(user_id)
         if span is None:
             raise UnknownUserError(f"user {user_id!r} has no events in the log", column="user_id")
-        return self._frame.iloc[span[0] : span[1]]
+        return span

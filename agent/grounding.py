@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -449,9 +450,25 @@ def _attribute_getter(element: Any) -> Callable[[str, None], Any]:
             return fields[key]
         if key in extra:
             return extra[key]
-        return getattr(element, key, default) if hasattr(type(element), key) else default
+        return getattr(element, key, default) if _class_has(type(element), key) else default
 
     return get
+
+
+_class_attributes: weakref.WeakKeyDictionary[type, dict[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def _class_has(cls: type, name: str) -> bool:
+    """``hasattr(cls, name)``, remembered per class (a failing one on a pydantic model class
+    goes through its metaclass' ``__getattr__``, slowly; reply models are made per request,
+    hence weak keys)."""
+    known = _class_attributes.get(cls)
+    if known is None:
+        known = _class_attributes[cls] = {}
+    has = known.get(name)
+    if has is None:
+        has = known[name] = hasattr(cls, name)
+    return has
 
 
 def _first(get: Callable[[str, None], Any], keys: tuple[str, ...]) -> str | None:

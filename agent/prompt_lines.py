@@ -265,41 +265,49 @@ def history_pieces(
     """
     if tokens.pretokenizer_kind(encoding) is None:
         return None
+    str_part, number_part, count = _str_part, _number_part, tokens.count_clause
     lines, pieces = [], []
     for model in models:
         values = model.__dict__
         if type(model) is not HistoryLine or tuple(values) != _HISTORY_FIELDS:
             return None
-        parts, counts = [], []
+        n = values["n"]
+        if type(n) is not int:
+            return None
+        # "n" opens the object; the other fields are written as middle parts (" ...,") and
+        # the last one is then closed.
+        opening, total = _opening_part(encoding, n)
+        parts = [opening]
         for name, value in values.items():
             kind = type(value)
             if kind is str:
-                part, n = (
-                    _str_part(encoding, name, value) if name != "text" else _new_part(encoding, name, value)
-                )  # free text rarely recurs: not cached
-            elif kind is int:
-                part, n = _number_part(encoding, name, int.__repr__(value))
-            elif kind is float and value - value == 0.0:  # not inf or NaN
-                part, n = _number_part(encoding, name, float.__repr__(value))
-            elif value is None:
+                if name == "text":  # free text rarely recurs: not cached
+                    part, tokens_in = _new_part(encoding, name, value)
+                else:
+                    part, tokens_in = str_part(encoding, name, value)
+            elif value is None or name == "n":
                 continue
+            elif kind is float and value - value == 0.0:  # not inf or NaN
+                part, tokens_in = number_part(encoding, name, float.__repr__(value))
+            elif kind is int:
+                part, tokens_in = number_part(encoding, name, int.__repr__(value))
             else:
                 return None
             parts.append(part)
-            counts.append(n)
-        # The parts are written as middle ones (" ...,"): the first opens the object, the
-        # last closes it (n, the first field, is never null).
+            total += tokens_in
         if len(parts) == 1:
-            text = "{" + parts[0][1:-1] + "}\n"
-            count = tokens.count_clause(encoding, text)
+            text = "{" + _FIELD_JSON["n"][1:] + int.__repr__(n) + "}\n"
+            total = count(encoding, text)
         else:
-            parts[0], counts[0] = _opening_part(encoding, parts[0])
-            parts[-1], counts[-1] = (
-                _closing_part(encoding, parts[-1]) if values["text"] is None else _closed(encoding, parts[-1])
+            last = parts[-1]
+            closing, closing_tokens = (
+                _closing_part(encoding, last) if values["text"] is None else _closed(encoding, last)
             )
-            text, count = "".join(parts), sum(counts)
+            parts[-1] = closing
+            total += closing_tokens - tokens_in
+            text = "".join(parts)
         lines.append(DumpedLine(values, text[:-1]))
-        pieces.append((text, count))
+        pieces.append((text, total))
     return lines, pieces
 
 
@@ -320,8 +328,8 @@ def _number_part(encoding: tiktoken.Encoding, name: str, written: str) -> tuple[
 
 
 @lru_cache(maxsize=PART_CACHE_SIZE)
-def _opening_part(encoding: tiktoken.Encoding, part: str) -> tuple[str, int]:
-    opening = "{" + part[1:]
+def _opening_part(encoding: tiktoken.Encoding, n: int) -> tuple[str, int]:
+    opening = "{" + _FIELD_JSON["n"][1:] + int.__repr__(n) + ","
     return opening, tokens.count_clause(encoding, opening)
 
 

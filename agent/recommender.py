@@ -243,7 +243,7 @@ class RecommenderAgent:
     ) -> list[Candidate]:
         if k < 1:
             raise ValueError("k must be at least 1")
-        self.histories.for_user(user_id)  # UnknownUserError before any work
+        self.histories.require(user_id)  # UnknownUserError before any work
         return self.retriever.candidates(
             user_id,
             n=max(self.config.n_candidates, k),
@@ -287,7 +287,7 @@ class RecommenderAgent:
     ) -> RecommendationResult:
         if k < 1:
             raise ValueError("k must be at least 1")
-        self.histories.for_user(user_id)
+        self.histories.require(user_id)
         rec_id = uuid.uuid4().hex
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
@@ -410,7 +410,7 @@ class RecommenderAgent:
         Builds (and saves) a first profile if the user has none yet. See ``Refiner.refine``.
         """
         store = self._require_store("refine")
-        self.histories.for_user(user_id)
+        self.histories.require(user_id)
         refiner = Refiner(
             store,
             self._require_client("refine"),
