@@ -442,11 +442,17 @@ class Retriever:
         order = eligible[np.lexsort((self._tiebreak[eligible], -blended[eligible]))]
         if n is not None:
             order = order[:n]
-        return [self._candidate(int(j), blended, normalized) for j in order]
-
-    def _candidate(self, j: int, blended: np.ndarray, normalized: dict[str, np.ndarray]) -> Candidate:
-        sources = {name: float(values[j]) for name, values in normalized.items()}
-        return Candidate(item_id=str(self.item_ids[j]), score=float(blended[j]), sources=sources)
+        # Whole columns to Python floats at once (indexing numpy scalars one by one is slow).
+        ids, scores = self.item_ids[order].tolist(), blended[order].tolist()
+        per_source = {name: values[order].tolist() for name, values in normalized.items()}
+        return [
+            Candidate(
+                item_id=str(ids[i]),
+                score=scores[i],
+                sources={name: values[i] for name, values in per_source.items()},
+            )
+            for i in range(len(order))
+        ]
 
     def __repr__(self) -> str:
         return (

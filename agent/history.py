@@ -19,6 +19,7 @@ import pandas as pd
 from pydantic import TypeAdapter
 
 from agent.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT
+from agent.event_columns import EventColumns
 from agent.privacy import Scrubber
 from agent.prompts import CandidateLine, HistoryLine
 from agent.tokens import fit_to_budget
@@ -99,10 +100,12 @@ def _candidate_line(info: ItemInfo, scrubber: Scrubber, description_chars: int) 
     )
 
 
-def keep_priority(user_events: pd.DataFrame, keep_recent: int = 5) -> list[int]:
+def keep_priority(user_events: pd.DataFrame | EventColumns, keep_recent: int = 5) -> list[int]:
     """Row positions from most to least worth keeping (see module docstring)."""
-    behaviors: list[str] = user_events["behavior"].tolist()
-    texts: list[object] = user_events["text"].tolist()
+    if isinstance(user_events, EventColumns):
+        behaviors, texts = user_events.behaviors, user_events.texts
+    else:  # only the columns it needs
+        behaviors, texts = user_events["behavior"].tolist(), user_events["text"].tolist()
     weights = DEFAULT_BEHAVIOR_WEIGHTS
     # A rating is explicit feedback whatever its value; searches and reviews say what the
     # user wants in words. (The same float arithmetic as the former numpy version.)
@@ -134,29 +137,15 @@ def _clip(text: str | None, limit: int) -> str | None:
     return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def history_lines(user_events: pd.DataFrame, catalog: Catalog, scrubber: Scrubber) -> list[HistoryLine]:
+def history_lines(
+    user_events: pd.DataFrame | EventColumns, catalog: Catalog, scrubber: Scrubber
+) -> list[HistoryLine]:
     """All of a user's events as prompt lines, numbered 1..n in time order."""
-    dates = _dates(user_events["timestamp"])
-    item_column = user_events["item_id"]
-    items: list[str] = (
-        item_column.tolist()
-        if isinstance(item_column.dtype, pd.StringDtype)
-        else item_column.astype(str).tolist()
-    )
-    behavior_column = user_events["behavior"]
-    behaviors: list[str] = (
-        behavior_column.tolist()
-        if isinstance(behavior_column.dtype, pd.StringDtype)
-        else behavior_column.astype(str).tolist()
-    )
-    value_column = user_events["value"]
-    values: list[float] = (
-        value_column.tolist() if value_column.dtype == np.float64 else value_column.astype(float).tolist()
-    )
-    texts: list[object] = user_events["text"].tolist()
+    columns = _columns(user_events)
     fields: list[dict[str, object]] = []
     for n, (date, item_id, behavior, value, text) in enumerate(
-        zip(dates, items, behaviors, values, texts, strict=True), start=1
+        zip(columns.dates, columns.items, columns.behaviors, columns.values, columns.texts, strict=True),
+        start=1,
     ):
         info = catalog.get(item_id) if item_id else None
         fields.append(
@@ -178,55 +167,12 @@ def history_lines(user_events: pd.DataFrame, catalog: Catalog, scrubber: Scrubbe
 _LINES = TypeAdapter(list[HistoryLine])
 
 
-def _time_unit(timestamps: pd.Series) -> str:
-    return str(getattr(timestamps.dtype, "unit", "ns"))
-
-
-_FIRST_FAST_DAY = -354285  # 1000-01-01, days since 1970-01-01
-_LAST_FAST_DAY = 2932896  # 9999-12-31
-
-
-def _dates(timestamps: pd.Series) -> list[str]:
-    """``timestamps.dt.strftime("%Y-%m-%d")`` as a list, without formatting each one in pandas.
-
-    UTC (the contract) and naive timestamps are floored to whole days in numpy; other time
-    zones, and missing values (NaT is the smallest int64) or years outside 1000-9999 (where
-    %Y is not four digits), keep pandas' strftime.
-    """
-    tz = getattr(timestamps.dtype, "tz", None)
-    floor_in_numpy = (
-        str(tz) == "UTC" if tz is not None else pd.api.types.is_datetime64_dtype(timestamps.dtype)
-    )
-    if not floor_in_numpy:
-        return list(timestamps.dt.strftime("%Y-%m-%d").tolist())
-    # UTC values in the column's own unit (to_numpy without a dtype would box Timestamps)
-    values = (
-        timestamps.to_numpy()
-        if tz is None
-        else timestamps.to_numpy(dtype=f"datetime64[{_time_unit(timestamps)}]")
-    )
-    days = np.asarray(values).astype("datetime64[D]")
-    if len(days) == 0:
-        return []
-    numbers = days.astype(np.int64)
-    if int(numbers.min()) < _FIRST_FAST_DAY or int(numbers.max()) > _LAST_FAST_DAY:
-        return list(timestamps.dt.strftime("%Y-%m-%d").tolist())
-    out = []
-    for day in numbers.tolist():  # a log spans few days: format each once
-        text = _DAY_TEXT.get(day)
-        if text is None:
-            if len(_DAY_TEXT) > 100_000:
-                _DAY_TEXT.clear()
-            text = _DAY_TEXT[day] = str(np.datetime64(day, "D"))
-        out.append(text)
-    return out
-
-
-_DAY_TEXT: dict[int, str] = {}
+def _columns(user_events: pd.DataFrame | EventColumns) -> EventColumns:
+    return user_events if isinstance(user_events, EventColumns) else EventColumns.of(user_events)
 
 
 def fit_history(
-    user_events: pd.DataFrame,
+    user_events: pd.DataFrame | EventColumns,
     lines: list[HistoryLine],
     measure: Callable[[list[HistoryLine]], int],
     budget: int,
@@ -238,7 +184,7 @@ def fit_history(
     return [lines[i] for i in kept]
 
 
-def consumed_items(user_events: pd.DataFrame) -> list[str]:
+def consumed_items(user_events: pd.DataFrame | EventColumns) -> list[str]:
     """Distinct item ids the user interacted with, oldest first (searches excluded)."""
-    items: list[str] = user_events["item_id"].tolist()
+    items = user_events.items if isinstance(user_events, EventColumns) else user_events["item_id"].tolist()
     return list(dict.fromkeys(item for item in items if item != ""))

@@ -33,6 +33,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from agent import tokens
 from agent.errors import TemplateError
+from agent.event_columns import EventColumns
 from agent.history import fit_history, keep_priority
 from agent.prompt_lines import (
     PLAIN_LINE_MODELS,
@@ -67,7 +68,7 @@ FRAME_CACHE_SIZE = 256
 def fit_prompt(
     renderer: PromptRenderer,
     build: Builder,
-    user_events: pd.DataFrame,
+    user_events: pd.DataFrame | EventColumns,
     lines: list[HistoryLine],
     model: str,
     budget: int,
@@ -88,7 +89,7 @@ def fit_prompt(
 def fit_by_rendering(
     renderer: PromptRenderer,
     build: Builder,
-    user_events: pd.DataFrame,
+    user_events: pd.DataFrame | EventColumns,
     lines: list[HistoryLine],
     model: str,
     budget: int,

@@ -37,6 +37,7 @@ from agent import errors
 from agent.behaviors import KNOWN_BEHAVIORS
 from agent.candidates import Candidate, Retriever
 from agent.data import UserHistories
+from agent.event_columns import EventColumns
 from agent.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
 from agent.fusion import FusionWeights
 from agent.history import Catalog, consumed_items, history_lines
@@ -153,7 +154,7 @@ class RecommenderAgent:
 
     # -- prompts -----------------------------------------------------------------------
     def _fit_prompt(
-        self, user_events: pd.DataFrame, build: Any, scrubber: Scrubber
+        self, user_events: EventColumns, build: Any, scrubber: Scrubber
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         """Render with as much history as the token budget allows (never more)."""
         lines = history_lines(user_events, self.catalog, scrubber)
@@ -186,7 +187,7 @@ class RecommenderAgent:
 
     def prepare_profile(self, user_id: str) -> PreparedRequest:
         """The profile prompt for ``user_id`` and its reply context (no network)."""
-        user_events = self.histories.for_user(user_id)
+        user_events = self.histories.columns(user_id)
 
         def build(kept: list[HistoryLine]) -> tuple[str, ProfileInputs]:
             return "profile", ProfileInputs(
@@ -340,7 +341,7 @@ class RecommenderAgent:
         """
         if k < 1:
             raise ValueError("k must be at least 1")
-        user_events = self.histories.for_user(user_id)
+        user_events = self.histories.columns(user_id)
         scrubber = self._scrubber()
         seed = f"{self.config.seed}:{user_id}" if order == 0 else f"{self.config.seed}:{user_id}:{order}"
         shown = shuffle_candidates([c.item_id for c in candidates], seed=seed)

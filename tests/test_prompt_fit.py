@@ -32,6 +32,7 @@ from agent.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, KN
 from agent.content import ContentInputs
 from agent.data import align_catalog, load_events, load_items
 from agent.errors import ConfigError
+from agent.event_columns import EventColumns
 from agent.history import Catalog, consumed_items, history_lines, keep_priority
 from agent.privacy import Scrubber
 from agent.prompt_fit import FAST_TEMPLATE_VERSIONS, fast_version, fit_prompt
@@ -219,10 +220,11 @@ def cases(sample_agent: RecommenderAgent, users: list[str]) -> list[Case]:
     found: list[Case] = []
 
     def capture(
-        self: RecommenderAgent, user_events: pd.DataFrame, build: Build, scrubber: Scrubber
+        self: RecommenderAgent, columns: EventColumns, build: Build, scrubber: Scrubber
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         name = build([])[0]
-        lines = history_lines(user_events, self.catalog, scrubber)
+        user_events = self.histories.for_user(current)  # what the reference reads
+        lines = history_lines(columns, self.catalog, scrubber)  # what the agent reads
         reference_lines = reference_history_lines(user_events, self.catalog, scrubber)
         found.append(Case(current, name, user_events, build, lines, reference_lines))
         return reference_fit(self.renderer, build, user_events, reference_lines, budget=10**6)
@@ -329,8 +331,9 @@ def test_the_wired_agent_prepares_the_same_requests(
         )
 
     def old_fit_prompt(
-        self: RecommenderAgent, user_events: pd.DataFrame, build: Build, scrubber: Scrubber
+        self: RecommenderAgent, columns: EventColumns, build: Build, scrubber: Scrubber
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
+        user_events = as_frame(columns)  # the reference reads a frame
         lines = reference_history_lines(user_events, self.catalog, scrubber)
         return reference_fit(jinja_renderer(), build, user_events, lines, self.config.prompt_budget_tokens)
 
@@ -340,6 +343,18 @@ def test_the_wired_agent_prepares_the_same_requests(
     monkeypatch.setattr(RecommenderAgent, "_fit_prompt", fast_fit_prompt)
     after = [(sample_agent.prepare_profile(u), sample_agent.prepare_recommend(u)) for u in some]
     assert after == before
+
+
+def as_frame(columns: EventColumns) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "item_id": pd.array(columns.items, dtype="str"),
+            "behavior": pd.array(columns.behaviors, dtype="str"),
+            "timestamp": pd.to_datetime(columns.dates, utc=True),
+            "value": pd.array(columns.values, dtype="float64"),
+            "text": pd.Series(columns.texts, dtype=object),
+        }
+    )
 
 
 def _no_rendering(*args: object) -> None:
