@@ -261,54 +261,106 @@ def history_pieces(
     joined by ", ", "}" (a str is ``tojson_text`` of it, an int or float its ``repr``;
     HTML-escaping the whole equals escaping each value, the keys have nothing to escape). It
     is cut after every ", " between fields, so the count is the sum of the parts' counts, and
-    a part (a field and its value) recurs across users: its text and count are cached.
+    a part (a field and its value) recurs across users: its text and count are cached. So are
+    an item's fields (id, title, category, price), which close most lines (views, purchases),
+    as one group per item, used while a line holds the very same value objects.
     """
     if tokens.pretokenizer_kind(encoding) is None:
         return None
-    str_part, number_part, count = _str_part, _number_part, tokens.count_clause
+    groups = _item_groups.setdefault(encoding.name, {})
+    str_part = _str_part
     lines, pieces = [], []
     for model in models:
         values = model.__dict__
         if type(model) is not HistoryLine or tuple(values) != _HISTORY_FIELDS:
             return None
-        n = values["n"]
-        if type(n) is not int:
-            return None
-        # "n" opens the object; the other fields are written as middle parts (" ...,") and
-        # the last one is then closed.
-        opening, total = _opening_part(encoding, n)
-        parts = [opening]
-        for name, value in values.items():
-            kind = type(value)
-            if kind is str:
-                if name == "text":  # free text rarely recurs: not cached
-                    part, tokens_in = _new_part(encoding, name, value)
-                else:
-                    part, tokens_in = str_part(encoding, name, value)
-            elif value is None or name == "n":
-                continue
-            elif kind is float and value - value == 0.0:  # not inf or NaN
-                part, tokens_in = number_part(encoding, name, float.__repr__(value))
-            elif kind is int:
-                part, tokens_in = number_part(encoding, name, int.__repr__(value))
-            else:
-                return None
-            parts.append(part)
-            total += tokens_in
-        if len(parts) == 1:
-            text = "{" + _FIELD_JSON["n"][1:] + int.__repr__(n) + "}\n"
-            total = count(encoding, text)
+        n, date, behavior, item_id, title, category, price, value, text = values.values()
+        entry = groups.get(item_id) if type(item_id) is str else None
+        if (
+            entry is not None
+            and entry[0] is title
+            and entry[1] is category
+            and entry[2] is price
+            and type(n) is int
+            and type(date) is str
+            and type(behavior) is str
+            and value is None
+            and text is None
+        ):  # the usual line: its item's fields (the same objects) close it
+            opening, opening_tokens = _opening_part(encoding, n)
+            date_part, date_tokens = str_part(encoding, "date", date)
+            behavior_part, behavior_tokens = str_part(encoding, "behavior", behavior)
+            line = opening + date_part + behavior_part + entry[3]
+            total = opening_tokens + date_tokens + behavior_tokens + entry[4]
         else:
-            last = parts[-1]
-            closing, closing_tokens = (
-                _closing_part(encoding, last) if values["text"] is None else _closed(encoding, last)
-            )
-            parts[-1] = closing
-            total += closing_tokens - tokens_in
-            text = "".join(parts)
-        lines.append(DumpedLine(values, text[:-1]))
-        pieces.append((text, total))
+            written = _line_parts(encoding, values)
+            if written is None:
+                return None
+            line, total = written
+            if type(item_id) is str:  # remember the item's fields as one closing group
+                if len(groups) >= PART_CACHE_SIZE:
+                    groups.clear()
+                group = _line_parts(
+                    encoding,
+                    {"n": 0, "item_id": item_id, "title": title, "category": category, "price": price},
+                )
+                if group is not None:
+                    group_text, group_tokens = group
+                    cut = group_text.index(",") + 1  # after the "n" part
+                    opening_tokens = _opening_part(encoding, 0)[1]
+                    groups[item_id] = (
+                        title,
+                        category,
+                        price,
+                        group_text[cut:],
+                        group_tokens - opening_tokens,
+                    )
+        lines.append(DumpedLine(values, line[:-1]))
+        pieces.append((line, total))
     return lines, pieces
+
+
+_item_groups: dict[str, dict[str, tuple[Any, Any, Any, str, int]]] = {}
+"""Per encoding, per item id: its title, category and price (the very objects), and the
+closing parts they make (`` "item_id": ..., "price": ...}\\n``) with their tokens."""
+
+
+def _line_parts(encoding: tiktoken.Encoding, values: dict[str, Any]) -> tuple[str, int] | None:
+    """The line's text (JSON + "\\n") and tokens from its fields' parts; None if a value is
+    not exact JSON. ``values`` start with an int "n"."""
+    n = values["n"]
+    if type(n) is not int:
+        return None
+    # "n" opens the object; the other fields are written as middle parts (" ...,") and
+    # the last one is then closed.
+    opening, total = _opening_part(encoding, n)
+    parts = [opening]
+    for name, value in values.items():
+        kind = type(value)
+        if kind is str:
+            if name == "text":  # free text rarely recurs: not cached
+                part, tokens_in = _new_part(encoding, name, value)
+            else:
+                part, tokens_in = _str_part(encoding, name, value)
+        elif value is None or name == "n":
+            continue
+        elif kind is float and value - value == 0.0:  # not inf or NaN
+            part, tokens_in = _number_part(encoding, name, float.__repr__(value))
+        elif kind is int:
+            part, tokens_in = _number_part(encoding, name, int.__repr__(value))
+        else:
+            return None
+        parts.append(part)
+        total += tokens_in
+    if len(parts) == 1:
+        text = "{" + _FIELD_JSON["n"][1:] + int.__repr__(n) + "}\n"
+        return text, tokens.count_clause(encoding, text)
+    last = parts[-1]
+    closing, closing_tokens = (
+        _closing_part(encoding, last) if values.get("text") is None else _closed(encoding, last)
+    )
+    parts[-1] = closing
+    return "".join(parts), total + closing_tokens - tokens_in
 
 
 @lru_cache(maxsize=PART_CACHE_SIZE)

@@ -117,6 +117,32 @@ def test_history_pieces_are_the_lines_and_their_exact_counts(models: list[Histor
         assert again is not None and again[1] == pieces
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ({"price": 0.0}, {"price": -0.0}),
+        ({"title": "Tetris"}, {"title": "Tetris 99"}),
+        ({"category": None}, {"category": "Puzzle"}),
+        ({"price": 5.0}, {"price": None}),
+        ({"value": None}, {"value": 4.0}),
+        ({"text": None}, {"text": "great, really"}),
+    ],
+)
+def test_an_items_cached_fields_never_stand_in_for_other_values(
+    first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    encoding = encoding_for(MODEL)
+    base = {"n": 1, "date": "2026-01-01", "behavior": "view", "item_id": "SKU-7", "title": "Tetris"}
+    base |= {"category": "Puzzle", "price": 5.0, "value": None, "text": None}
+    one, two = HistoryLine.model_validate(base | first), HistoryLine.model_validate(base | second)
+    for models in ([one, two, one, two], [two, one, two, one]):
+        got = history_pieces(models, encoding)
+        assert got is not None
+        for model, (text, count) in zip(models, got[1], strict=True):
+            assert text == REFERENCE.render(line=model.model_dump(mode="json")) + "\n"
+            assert count == len(encoding.encode(text))
+
+
 def test_history_pieces_refuse_what_they_cannot_write_exactly() -> None:
     encoding = encoding_for(MODEL)
     base = {"n": 1, "date": "2026-01-01", "behavior": "view", "item_id": None, "title": None}

@@ -646,6 +646,7 @@ def _forget_everything() -> None:
     prompt_fit._checked_versions.clear()
     prompt_lines._lines.clear()
     prompt_lines._by_identity.clear()
+    prompt_lines._item_groups.clear()
     for part_cache in (
         prompt_lines._str_part,
         prompt_lines._number_part,
