@@ -451,7 +451,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         f"\nLocal overhead by step (median per user, `{args.task}`, fixtures/sample: 50 users, "
         f"~80 events each, 6,000-token prompt budget), in a process where every cache is cold "
         f"(each user, item title and token clause seen for the first time): {steps(cold)}; the "
-        f"same users again with a new agent, the module caches (line JSON and token counts, "
+        f"same users again with a new agent, the module caches (history line parts, token counts, "
         f"frames, reply models) warm: {steps(warm)}. `prepare` is the retriever query plus the "
         "agent's prompt fitting: the user's event columns cut from whole-log arrays "
         "(`agent/event_columns.py`), each history line's JSON and exact token count summed from "
