@@ -276,16 +276,16 @@ def history_pieces(
             return None
         n, date, behavior, item_id, title, category, price, value, text = values.values()
         entry = groups.get(item_id) if type(item_id) is str else None
-        fresh = entry is not None and entry[0] is title and entry[1] is category and entry[2] is price
+        if entry is not None and not (entry[0] is title and entry[1] is category and entry[2] is price):
+            entry = None  # the item's group was made from other values: rebuilt below
         if (
-            fresh
+            entry is not None
             and type(n) is int
             and type(date) is str
             and type(behavior) is str
             and value is None
             and text is None
         ):  # the usual line: its item's fields (the same objects) close it
-            assert entry is not None  # fresh implies it (for mypy)
             opening, opening_tokens = _opening_part(encoding, n)
             date_part, date_tokens = str_part(encoding, "date", date)
             behavior_part, behavior_tokens = str_part(encoding, "behavior", behavior)
@@ -296,7 +296,7 @@ def history_pieces(
             if written is None:
                 return None
             line, total = written
-            if type(item_id) is str and not fresh:  # remember the item's fields as one group
+            if type(item_id) is str and entry is None:  # remember the item's fields as one group
                 if len(groups) >= PART_CACHE_SIZE:
                     groups.clear()
                 group = _line_parts(
