@@ -21,9 +21,10 @@ lint: install
 	$(BIN)/ruff check agent tests scripts
 	$(BIN)/ruff format --check agent tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]'

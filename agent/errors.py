@@ -174,7 +174,7 @@ class MetricInputError(RecommenderError, ValueError):
     """Invalid metric arguments: k < 1, duplicate ids in a ranking, empty relevant set where not allowed."""
 
 
-# -- feedback loop and profile store (agent.feedback, agent.refine, agent.store) -------------
+# -- feedback loop and profile store (agent.profiles.feedback, agent.profiles.refine, agent.profiles.store) -------------
 class InvalidFeedbackError(DataError):
     """A feedback event is malformed: rating without a value or off the scale, comment without text..."""
 

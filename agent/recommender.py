@@ -7,17 +7,17 @@ The flow of ``recommend`` (two stages, as the strongest published systems do):
    (trimmed to the prompt budget) and ranked by the model under a schema whose ``item_id``
    is an enum of those candidates; with ``bootstrap_orders`` B > 1, B shuffles are ranked
    and merged by Borda count;
-3. the reply is grounded (``agent.replies``): ids outside the candidates, duplicates and
+3. the reply is grounded (``agent.ranking.replies``): ids outside the candidates, duplicates and
    history items are dropped and counted;
-4. the final order blends the model's rank with the retriever's score (``agent.fusion``;
+4. the final order blends the model's rank with the retriever's score (``agent.ranking.fusion``;
    the documented prior until weights are fit on held-out interactions, see
-   ``agent.fusion_fit``). Every returned item says where it came from (``source``: ``llm``,
+   ``agent.evaluation.fusion_fit``). Every returned item says where it came from (``source``: ``llm``,
    ``retriever`` or ``fallback``).
 
 With no client (``--backend fallback``) or when the model fails for good (transport, quota,
 budget), the retriever's ranking is returned with ``source="fallback"`` and the reason.
 
-With a ``store`` (``agent.store``) the feedback loop is on: ``profile`` saves a version,
+With a ``store`` (``agent.profiles.store``) the feedback loop is on: ``profile`` saves a version,
 ``recommend``/``rank_candidates`` use the latest stored profile when none is given, never show
 blocked items (dislikes, not_interested, low ratings) to the model or the user, and record what
 was served; ``feedback`` records reactions and ``refine`` updates the profile from them.
@@ -29,23 +29,24 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from agent import errors
-from agent.behaviors import KNOWN_BEHAVIORS
-from agent.candidates import Candidate, Retriever
-from agent.data import UserHistories
-from agent.event_columns import EventColumns
-from agent.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
-from agent.fusion import FusionWeights
-from agent.history import Catalog, consumed_items, history_lines
-from agent.llm import DEFAULT_MODEL, ChatClient, StructuredReply
-from agent.position_bias import shuffle_candidates
-from agent.privacy import Scrubber
-from agent.prompt_fit import fit_prompt
-from agent.prompts import (
+from agent.data.behaviors import KNOWN_BEHAVIORS
+from agent.data.event_columns import EventColumns
+from agent.data.loading import UserHistories
+from agent.data.privacy import Scrubber
+from agent.llm.client import DEFAULT_MODEL, ChatClient, StructuredReply
+from agent.profiles.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
+from agent.profiles.refine import RefineConfig, Refiner, RefineResult
+from agent.profiles.store import Store
+from agent.profiles.versions import built_profile_draft
+from agent.prompting.fit import fit_prompt
+from agent.prompting.history import Catalog, consumed_items, history_lines
+from agent.prompting.schemas import BehaviorProfile
+from agent.prompting.templates import (
     Domain,
     HistoryLine,
     ProfileInputs,
@@ -54,8 +55,9 @@ from agent.prompts import (
     RenderedPrompt,
     default_renderer,
 )
-from agent.refine import RefineConfig, Refiner, RefineResult, built_profile_draft
-from agent.replies import (  # re-exported: the public result types live with their interpretation
+from agent.ranking.fusion import FusionWeights
+from agent.ranking.position_bias import shuffle_candidates
+from agent.ranking.replies import (  # re-exported: the public result types live with their interpretation
     CandidateInfo,
     PreparedRequest,
     ProfileResult,
@@ -69,11 +71,7 @@ from agent.replies import (  # re-exported: the public result types live with th
     interpret_rankings,
     interpret_reply,
 )
-from agent.schemas import BehaviorProfile
-from agent.store import Store
-
-if TYPE_CHECKING:
-    from agent.conversation import ChatReply, ConversationState
+from agent.retrieval.candidates import Candidate, Retriever
 
 __all__ = [
     "AgentConfig",
@@ -109,7 +107,7 @@ class AgentConfig:
     template_dir: str | None = None
     fusion: FusionWeights | None = field(default_factory=FusionWeights.prior)
     """Blend of the model's rank and the retriever's score that orders the final list
-    (``agent.fusion``; fit one with ``agent.fusion_fit``). None keeps the model's order and
+    (``agent.ranking.fusion``; fit one with ``agent.evaluation.fusion_fit``). None keeps the model's order and
     back-fills in the retriever's order."""
     bootstrap_orders: int = 1
     """Rank the candidates in this many shuffled orders (one model call each) and merge the
@@ -374,15 +372,7 @@ class RecommenderAgent:
         )
         return PreparedRequest(prompt, context)
 
-    # -- feedback loop (needs a store; see agent.feedback, agent.refine, agent.store) -----
-    def chat(
-        self, user_id: str, message: str, conversation: ConversationState | None = None, *, k: int = 5
-    ) -> ChatReply:
-        """One chat turn (see ``agent.conversation``): reply text, recommendations and the new state."""
-        from agent.conversation import Conversation  # local: agent.conversation imports this module
-
-        return Conversation(self, k=k).send(user_id, message, conversation)
-
+    # -- feedback loop (needs a store; see agent.profiles.feedback, agent.profiles.refine, agent.profiles.store) -----
     def feedback(
         self,
         user_id: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.cli import main
+from agent.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["batch", *sys.argv[1:]]))

@@ -3,8 +3,8 @@
 
 The server runs in its own process (so its CPU does not compete with the client's), answers
 with the deterministic stand-in model after ``--latency`` seconds and enforces RPM/TPM token
-buckets with 429 + ``retry-after-ms`` exactly as ``agent.loopback.Limits`` does, on a scaled
-minute (``--minute-s``). The client is the real runner (``agent.batch.run_batch``) with the
+buckets with 429 + ``retry-after-ms`` exactly as ``agent.testing.loopback.Limits`` does, on a scaled
+minute (``--minute-s``). The client is the real runner (``agent.batch.runner.run_batch``) with the
 same limits given to it. Reported per user count:
 
 * achieved TPM as the server counts it (prompt estimate + reserved ``max_completion_tokens``
@@ -56,12 +56,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.batch import BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
-from agent.data import align_catalog, load_events, load_items  # noqa: E402
-from agent.llm import LLMConfig, StructuredReply  # noqa: E402
-from agent.loopback import Limits, LoopbackServer, Reply  # noqa: E402
+from agent.batch.runner import BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
+from agent.data.loading import align_catalog, load_events, load_items  # noqa: E402
+from agent.llm.client import LLMConfig, StructuredReply  # noqa: E402
 from agent.recommender import RecommenderAgent, interpret_reply  # noqa: E402
-from agent.standin_model import respond  # noqa: E402
+from agent.testing.loopback import Limits, LoopbackServer, Reply  # noqa: E402
+from agent.testing.standin_model import respond  # noqa: E402
 
 START, END = "<!-- batch:start -->", "<!-- batch:end -->"
 SAMPLE_POINTS = (0.1, 0.25, 0.5, 0.75, 1.0)
@@ -156,8 +156,8 @@ class RunnerStepTimes:
         self.steps: dict[str, list[float]] = {"prepare": [], "read_and_validate": [], "interpret": []}
 
     def __enter__(self) -> RunnerStepTimes:
-        import agent.batch as batch_module
-        import agent.llm as llm_module
+        import agent.batch.runner as batch_module
+        import agent.llm.client as llm_module
 
         self._saved = (
             batch_module.Planner.prepare,
@@ -203,8 +203,8 @@ class RunnerStepTimes:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import agent.batch as batch_module
-        import agent.llm as llm_module
+        import agent.batch.runner as batch_module
+        import agent.llm.client as llm_module
 
         prepare, received, interpret = self._saved
         batch_module.Planner.prepare = prepare  # type: ignore[method-assign]
@@ -291,8 +291,8 @@ def _usage() -> Any:
 
 def breakdown(task: str, model: str, max_completion_tokens: int) -> dict[str, float]:
     """Median ms per user and task on fixtures/sample (50 users), by step, no network."""
-    from agent.batch import custom_id
-    from agent.llm import build_request_body
+    from agent.batch.runner import custom_id
+    from agent.llm.client import build_request_body
 
     items = load_items(ROOT / "fixtures" / "sample" / "items.csv")
     events = align_catalog(load_events(ROOT / "fixtures" / "sample" / "events.csv"), items)
@@ -454,9 +454,9 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         f"same users again with a new agent, the module caches (history line parts, token counts, "
         f"frames, reply models) warm: {steps(warm)}. `prepare` is the retriever query plus the "
         "agent's prompt fitting: the user's event columns cut from whole-log arrays "
-        "(`agent/event_columns.py`), each history line's JSON and exact token count summed from "
-        "cached per-field parts (`agent/prompt_lines.py`), the frame around the history "
-        "(`agent/prompt_fit.py`); `body_and_key` "
+        "(`agent/data/event_columns.py`), each history line's JSON and exact token count summed from "
+        "cached per-field parts (`agent/prompting/lines.py`), the frame around the history "
+        "(`agent/prompting/fit.py`); `body_and_key` "
         "includes the per-request reply model (enums of this user's ids). The target is judged "
         "on the table's in-run median: the runner's own calls for every user, timed while it runs "
         "them (`RunnerStepTimes`: prepare, read and validate the reply, interpret), spread over the "
@@ -479,7 +479,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "and pydantic models built on first use, SQLite's page cache filling to its 2 MB cap, "
         "allocator arenas), the slope after it is what grows with users; until about "
         f"{WARMUP_USERS:,} users it includes prompt fitting's caches of token counts, rendered lines "
-        "and frames (`agent/tokens.py`, `agent/prompt_lines.py`, `agent/prompt_fit.py`), bounded LRUs "
+        "and frames (`agent/prompting/tokens.py`, `agent/prompting/lines.py`, `agent/prompting/fit.py`), bounded LRUs "
         "that fill to their caps, so the target is judged after that point. The runner holds only "
         "the requests in flight (a queue of 2 × concurrency); results go to the SQLite ledger and "
         "`results.jsonl` is written from it at the end. The data frames loaded before the run "

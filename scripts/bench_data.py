@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agent.data import UserHistories, load_events
+from agent.data.loading import UserHistories, load_events
 
 ROOT = Path(__file__).resolve().parent.parent
 BEHAVIORS = np.array(["view", "click", "cart", "purchase", "rating", "search", "like", "dislike"])

@@ -8,7 +8,7 @@ measures prompts with gpt-4o-mini's tokenizer), then times each call per user an
 median milliseconds. The warm-up pass is reported too: it is what a batch sees the first time
 it meets a user (token counts of history lines are cached by then only for the second task).
 
-``--fit render`` times the reference algorithm instead (``agent.prompt_fit.fit_by_rendering``:
+``--fit render`` times the reference algorithm instead (``agent.prompting.fit.fit_by_rendering``:
 render and count the prompt at every bisection probe): same prompts, and what the bisection
 alone would cost with today's renderer and token counter.
 """
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.data import align_catalog, load_events, load_items
+from agent.data.loading import align_catalog, load_events, load_items
 from agent.recommender import AgentConfig, RecommenderAgent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ SAMPLE = ROOT / "fixtures" / "sample"
 def route_through_rendering() -> None:
     """Make the agent fit prompts with the reference algorithm (same signature, same prompts)."""
     import agent.recommender
-    from agent.prompt_fit import fit_by_rendering
+    from agent.prompting.fit import fit_by_rendering
 
     agent.recommender.fit_prompt = fit_by_rendering
 

@@ -1,4 +1,4 @@
-"""Benchmark the candidate retriever (agent.candidates) against popularity and `implicit`.
+"""Benchmark the candidate retriever (agent.retrieval.candidates) against popularity and `implicit`.
 
 Protocols (temporal leave-one-out, full-catalog ranking, consumed items excluded):
 
@@ -39,11 +39,11 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.candidates import Retriever, RetrieverConfig  # noqa: E402
-from agent.datasets import load_amazon_seq, load_movielens  # noqa: E402
+from agent.data.datasets import load_amazon_seq, load_movielens  # noqa: E402
+from agent.retrieval.candidates import Retriever, RetrieverConfig  # noqa: E402
 
 try:
-    from agent.metrics import hit_rate_at_k, ndcg_at_k
+    from agent.evaluation.metrics import hit_rate_at_k, ndcg_at_k
 except ImportError:  # the shared metrics module is optional here
 
     def ndcg_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:  # type: ignore[misc]
@@ -326,7 +326,7 @@ def tune(name: str, events, items, targets, config: RetrieverConfig) -> None:
 
 def markdown(rows: list[dict], ablations: list[dict], scale: dict | None, command: str) -> str:
     lines = [
-        "## Candidate retrieval (`agent.candidates`)",
+        "## Candidate retrieval (`agent.retrieval.candidates`)",
         "",
         f"Measured {dt.date.today().isoformat()} on this machine ({os.cpu_count()} cores, "
         f"Python {platform.python_version()}, implicit {_implicit_version()}) with:",

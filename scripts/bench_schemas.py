@@ -8,7 +8,7 @@ prepared first, outside the timings (``prepare_*`` renders and counts tokens; it
 this measures). Then, as the batch runner does per user:
 
 * ``model``: ``context.output_model()``, the first call for this request's ids;
-* ``model_again``: the second call for the same context (``agent/batch.py`` calls it when
+* ``model_again``: the second call for the same context (``agent/batch/runner.py`` calls it when
   planning and again when sending; the sync path calls it once);
 * ``schema``: ``strict_json_schema(model)``;
 * ``body``: ``build_request_body(...)`` (schema + messages + response_format);
@@ -31,11 +31,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import schemas  # noqa: E402
-from agent.data import align_catalog, load_events, load_items  # noqa: E402
-from agent.llm import LLMConfig, build_request_body  # noqa: E402
+from agent.data.loading import align_catalog, load_events, load_items  # noqa: E402
+from agent.llm.client import LLMConfig, build_request_body  # noqa: E402
+from agent.prompting import schemas  # noqa: E402
 from agent.recommender import PreparedRequest, RecommenderAgent  # noqa: E402
-from agent.standin_model import respond  # noqa: E402
+from agent.testing.standin_model import respond  # noqa: E402
 
 STEPS = ("model", "model_again", "schema", "body", "validate")
 

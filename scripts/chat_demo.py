@@ -6,8 +6,8 @@
 
 The host's loop is plain ``openai`` SDK code: ``chat.completions.create(tools=...)``, run
 each tool call through ``Toolbox.handle`` and send the results back, until the model answers
-in text (``agent.tools.run_tool_loop``). Without ``--live`` every answer, the host's and
-recagent's own, comes from the deterministic stand-in (``agent.standin_chat``) over a
+in text (``agent.chat.tools.run_tool_loop``). Without ``--live`` every answer, the host's and
+recagent's own, comes from the deterministic stand-in (``agent.testing.standin_chat``) over a
 loopback HTTP server: no model is involved, and the first line says so.
 """
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import openai
 
-from agent.data import align_catalog, load_events, load_items
-from agent.domains import load_domain, make_agent
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer
-from agent.standin_chat import respond
-from agent.tools import Toolbox, run_tool_loop
+from agent.chat.domains import load_domain, make_agent
+from agent.chat.tools import Toolbox, run_tool_loop
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.client import ChatClient, LLMConfig
+from agent.testing.loopback import LoopbackServer
+from agent.testing.standin_chat import respond
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MESSAGES = (

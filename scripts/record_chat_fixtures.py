@@ -1,9 +1,9 @@
 """Re-record the chat cassette (fixtures/cassettes/chat.json).
 
-Records the scenarios named in ``agent.standin_chat`` (a three-turn conversation, a
+Records the scenarios named in ``agent.testing.standin_chat`` (a three-turn conversation, a
 personalized description and explanation, and a tool-calling assistant loop) on the bundled
-sample data. Answers come from the deterministic stand-in (``agent.standin_chat`` over
-``agent.standin_model``) served over real HTTP by ``agent.loopback``: this machine has no
+sample data. Answers come from the deterministic stand-in (``agent.testing.standin_chat`` over
+``agent.testing.standin_model``) served over real HTTP by ``agent.testing.loopback``: this machine has no
 model API. ``--live`` sends the same requests to the API named by OPENAI_API_KEY /
 OPENAI_BASE_URL instead (a real model's answers will differ, so the replay tests that check
 exact stand-in behavior would then need their expectations updated).
@@ -21,15 +21,15 @@ from pathlib import Path
 import httpx2
 import openai
 
-from agent import standin_chat as rec
-from agent.cassette import Cassette, RecordingTransport
-from agent.content import ContentGenerator
-from agent.conversation import Conversation
-from agent.data import align_catalog, load_events, load_items
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer
+from agent.chat.content import ContentGenerator
+from agent.chat.conversation import Conversation
+from agent.chat.tools import Toolbox, run_tool_loop
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.cassette import Cassette, RecordingTransport
+from agent.llm.client import ChatClient, LLMConfig
 from agent.recommender import RecommenderAgent
-from agent.tools import Toolbox, run_tool_loop
+from agent.testing import standin_chat as rec
+from agent.testing.loopback import LoopbackServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "fixtures" / "sample"

@@ -1,7 +1,7 @@
 """Re-record the demo cassette (fixtures/cassettes/demo.json).
 
-Default: answers come from the deterministic stand-in model (``agent.standin_model``) served
-over real HTTP by ``agent.loopback`` — this machine has no model API. With ``--live`` the
+Default: answers come from the deterministic stand-in model (``agent.testing.standin_model``) served
+over real HTTP by ``agent.testing.loopback`` — this machine has no model API. With ``--live`` the
 same requests go to the real API named by OPENAI_API_KEY / OPENAI_BASE_URL instead, which
 is how to replace the stand-in recordings with a real model's answers:
 
@@ -17,9 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from agent import cli
-from agent.loopback import LoopbackServer, Reply
-from agent.standin_model import respond
+from agent.cli import main as cli
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.testing.standin_model import respond
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.loopback import LoopbackServer, Reply
-from agent.standin_model import respond
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.testing.standin_model import respond
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "fixtures" / "sample"

@@ -32,8 +32,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agent import cassette, loopback
-from agent.data import align_catalog, load_events, load_items
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm import cassette
+from agent.testing import loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_EVENTS = ROOT / "fixtures" / "sample" / "events.csv"

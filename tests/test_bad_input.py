@@ -22,14 +22,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import cli, errors, loopback
-from agent.candidates import Candidate, Retriever
-from agent.data import EVENT_COLUMNS, align_catalog, clean_events, clean_items, load_events, load_items
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer, Reply
+from agent import errors
+from agent.cli import main as cli
+from agent.data.loading import (
+    EVENT_COLUMNS,
+    align_catalog,
+    clean_events,
+    clean_items,
+    load_events,
+    load_items,
+)
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.tokens import count_messages
 from agent.recommender import AgentConfig, RecommenderAgent
-from agent.standin_model import respond
-from agent.tokens import count_messages
+from agent.retrieval.candidates import Candidate, Retriever
+from agent.testing import loopback
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests.conftest import chat_bodies
 from tests.privacy_guard import PlantedData
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from agent import errors
-from agent.batch import (
+from agent.batch.ledger import Ledger, merge_outputs
+from agent.batch.runner import (
     CUSTOM_ID_HEADER,
     BatchSettings,
     BatchSummary,
@@ -26,13 +27,12 @@ from agent.batch import (
     run_batch,
     shard_of,
 )
-from agent.cli import main
-from agent.data import align_catalog, load_events, load_items
-from agent.ledger import Ledger, merge_outputs
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.client import ChatClient, LLMConfig
 from agent.recommender import RecommenderAgent
-from agent.standin_model import respond
+from agent.testing.loopback import Fault, LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests.conftest import ROOT, SAMPLE
 
 USERS = [f"u{n:03d}" for n in range(1, 5)]
@@ -244,7 +244,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates_or_repaid_reque
     out = tmp_path / "run"
     with LoopbackServer(responder=lambda b: Reply(content=respond(b)), latency_s=0.1) as srv:
         cmd = [
-            sys.executable, "-m", "agent.cli", "batch", *DATA, "--out", str(out), "--users", str(users_file),
+            sys.executable, "-m", "agent.cli.main", "batch", *DATA, "--out", str(out), "--users", str(users_file),
             "--base-url", srv.base_url, "--model", "gpt-4.1-mini", "--concurrency", "2",
         ]  # fmt: skip
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

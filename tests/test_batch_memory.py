@@ -21,16 +21,16 @@ from typing import Any, cast
 
 import pytest
 
-from agent import batch
-from agent.batch import BatchSettings, Planned, Snapshot, custom_id, run_batch
-from agent.data import align_catalog, load_events, load_items
-from agent.ledger import LEDGER_FILE
-from agent.llm import LLMConfig, StructuredReply
-from agent.loopback import LoopbackServer, Reply
-from agent.privacy import PSEUDONYM_KEY_ENV, Pseudonymizer
+from agent.batch import runner as batch
+from agent.batch.ledger import LEDGER_FILE
+from agent.batch.runner import BatchSettings, Planned, Snapshot, custom_id, run_batch
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.data.privacy import PSEUDONYM_KEY_ENV, Pseudonymizer
+from agent.llm.client import LLMConfig, StructuredReply
+from agent.ranking.replies import ProfileResult, RecommendationResult
 from agent.recommender import PreparedRequest, RecommenderAgent
-from agent.replies import ProfileResult, RecommendationResult
-from agent.standin_model import respond
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests.conftest import SAMPLE
 
 CONCURRENCY = 4

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.candidates import SOURCES, Candidate, Retriever, RetrieverConfig
 from agent.errors import ConfigError, DataError
+from agent.retrieval.candidates import SOURCES, Candidate, Retriever, RetrieverConfig
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 

@@ -8,11 +8,11 @@ import httpx2
 import pytest
 
 from agent import errors
-from agent.cassette import Cassette, RecordingTransport, ReplayTransport
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer
-from agent.prompts import RenderedPrompt
-from agent.schemas import BehaviorProfile
+from agent.llm.cassette import Cassette, RecordingTransport, ReplayTransport
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.schemas import BehaviorProfile
+from agent.prompting.templates import RenderedPrompt
+from agent.testing.loopback import LoopbackServer
 
 PROMPT = RenderedPrompt(
     name="profile",

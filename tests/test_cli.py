@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.loopback import LoopbackServer
+from agent.cli.main import main
+from agent.testing.loopback import LoopbackServer
 from tests.conftest import ROOT, SAMPLE, chat_bodies
 
 DATA = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")]

@@ -10,16 +10,17 @@ import httpx2
 import pandas as pd
 import pytest
 
-from agent import errors, standin_chat
-from agent.cassette import Cassette, ReplayTransport
-from agent.cli import main
-from agent.content import ContentGenerator, TextFieldStream, check_numbers, numbers_in
-from agent.data import align_catalog, load_events, load_items
-from agent.domains import PRESETS, make_agent
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
-from agent.prompts import PromptRenderer
+from agent import errors
+from agent.chat.content import ContentGenerator, TextFieldStream, check_numbers, numbers_in
+from agent.chat.domains import PRESETS, make_agent
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.cassette import Cassette, ReplayTransport
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.templates import PromptRenderer
 from agent.recommender import RecommenderAgent
+from agent.testing import standin_chat
+from agent.testing.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
 from tests.conftest import ROOT, SAMPLE, chat_bodies
 
 ITEM = "SKU-10014"  # Kitepost: Strategy Board Game for 2-4 Players, 42.99

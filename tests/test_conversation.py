@@ -13,18 +13,25 @@ import httpx2
 import pandas as pd
 import pytest
 
-from agent import errors, standin_chat
-from agent.candidates import Candidate
-from agent.cassette import Cassette, ReplayTransport
-from agent.cli import main
-from agent.constraints import Constraints, ConstraintUpdate, apply_constraints, merge_update, update_model
-from agent.conversation import Conversation, ConversationState, ShownItem
-from agent.data import align_catalog, load_events, load_items
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer
+from agent import errors
+from agent.chat.constraints import (
+    Constraints,
+    ConstraintUpdate,
+    apply_constraints,
+    merge_update,
+    update_model,
+)
+from agent.chat.conversation import Conversation, ConversationState, ShownItem
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.cassette import Cassette, ReplayTransport
+from agent.llm.client import ChatClient, LLMConfig
+from agent.profiles.store import open_store
+from agent.prompting.schemas import strict_json_schema
 from agent.recommender import RecommenderAgent
-from agent.schemas import strict_json_schema
-from agent.store import open_store
+from agent.retrieval.candidates import Candidate
+from agent.testing import standin_chat
+from agent.testing.loopback import Fault, LoopbackServer
 from tests.conftest import ROOT, SAMPLE, chat_bodies
 
 CASSETTE = ROOT / "fixtures" / "cassettes" / "chat.json"
@@ -143,11 +150,10 @@ def test_messages_are_scrubbed_before_they_reach_the_model(frames: tuple[pd.Data
     assert "example.com" not in json.dumps(reply.state.model_dump(mode="json"))
 
 
-@pytest.mark.skipif(not hasattr(RecommenderAgent, "chat"), reason="RecommenderAgent.chat not wired yet")
-def test_agent_chat_delegates_to_the_conversation(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-    agent = RecommenderAgent(*frames, None)
-    first = agent.chat(USER, "coffee kettle")  # type: ignore[attr-defined]
-    second = agent.chat(USER, "something else", first.state)  # type: ignore[attr-defined]
+def test_a_conversation_carries_its_state_across_turns(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    conversation = Conversation(RecommenderAgent(*frames, None))
+    first = conversation.send(USER, "coffee kettle")
+    second = conversation.send(USER, "something else", first.state)
     assert first.recommendations and len(second.state.turns) == 4
 
 

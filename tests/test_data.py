@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent.data import UserHistories, align_catalog, clean_events, load_events, load_items
+from agent.data.loading import UserHistories, align_catalog, clean_events, load_events, load_items
 from agent.errors import DataError, UnknownUserError
 from tests.conftest import SAMPLE
 

@@ -1,6 +1,6 @@
 """Ids stay as written in every format, and every reported row is the row in the file.
 
-Row convention (agent/data.py module docstring, same as ``DataError.row``): 1-based data
+Row convention (agent/data/loading.py module docstring, same as ``DataError.row``): 1-based data
 row, header excluded; for JSONL that is the line number.
 """
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from agent.data import CleaningReport, Loaded, align_catalog, clean_events, load_events, load_items
+from agent.data.loading import CleaningReport, Loaded, align_catalog, clean_events, load_events, load_items
 from agent.errors import DataError
 
 HEADER = "user_id,item_id,behavior,timestamp\n"

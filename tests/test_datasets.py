@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.datasets import SYNTHETIC_EPOCH, SequenceDataset, load_amazon_seq, load_movielens
+from agent.data.datasets import SYNTHETIC_EPOCH, SequenceDataset, load_amazon_seq, load_movielens
 from agent.errors import DataError
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

@@ -11,17 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from agent.cli import main
-from agent.content import ContentInputs
-from agent.conversation import Constraints, Conversation, ExtractInputs
-from agent.data import align_catalog, load_events, load_items
-from agent.domains import PRESETS, load_domain, make_agent, preset_for
+from agent.chat.content import ContentInputs
+from agent.chat.conversation import Constraints, Conversation, ExtractInputs
+from agent.chat.domains import PRESETS, load_domain, make_agent, preset_for
+from agent.chat.tools import tool_definitions
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
 from agent.errors import ConfigError
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer
-from agent.prompts import HistoryLine, ProfileInputs, PromptRenderer, RecommendInputs
-from agent.standin_chat import respond
-from agent.tools import tool_definitions
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.templates import HistoryLine, ProfileInputs, PromptRenderer, RecommendInputs
+from agent.testing.loopback import LoopbackServer
+from agent.testing.standin_chat import respond
 from tests.conftest import ROOT
 
 SOCIAL = ROOT / "fixtures" / "social"

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.errors import QuotaExceededError
-from agent.evaluate import (
+from agent.evaluation.methods import AgentMethod, PopularityMethod, RandomMethod, RetrieverMethod
+from agent.evaluation.protocol import (
     EvalCase,
     Split,
     TrainingData,
@@ -26,11 +27,10 @@ from agent.evaluate import (
     score,
     time_split,
 )
-from agent.evaluate_methods import AgentMethod, PopularityMethod, RandomMethod, RetrieverMethod
-from agent.evaluate_report import load_candidates, rescore
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply
-from agent.standin_model import parse_blocks, respond
+from agent.evaluation.report import load_candidates, rescore
+from agent.llm.client import ChatClient, LLMConfig
+from agent.testing.loopback import Fault, LoopbackServer, Reply
+from agent.testing.standin_model import parse_blocks, respond
 from tests.conftest import DATASETS, chat_bodies
 
 ML100K = DATASETS / "ml-100k"
@@ -431,7 +431,7 @@ def test_candidate_file_from_other_data_is_rejected(
 @pytest.mark.dataset
 @pytest.mark.skipif(not (ML100K / "u.data").is_file(), reason="../shared/datasets/ml-100k not present")
 def test_movielens_split_keeps_each_target_out_of_training_and_prompts() -> None:
-    from agent.datasets import load_movielens
+    from agent.data.datasets import load_movielens
 
     events, _ = load_movielens(ML100K)
     split = load_split("movielens", ML100K, "loo-sampled")
@@ -456,8 +456,8 @@ def test_movielens_split_keeps_each_target_out_of_training_and_prompts() -> None
 
 
 def test_cli_protocol_choices_match_the_library() -> None:
-    from agent.cli_evaluate import PROTOCOL_NAMES
-    from agent.evaluate import PROTOCOLS
+    from agent.cli.evaluate import PROTOCOL_NAMES
+    from agent.evaluation.protocol import PROTOCOLS
 
     assert set(PROTOCOL_NAMES) == set(PROTOCOLS)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from agent.data import UserHistories, align_catalog, load_events, load_items
-from agent.event_columns import EventColumns
-from agent.history import Catalog, consumed_items, history_lines, keep_priority
-from agent.privacy import Scrubber
+from agent.data.event_columns import EventColumns
+from agent.data.loading import UserHistories, align_catalog, load_events, load_items
+from agent.data.privacy import Scrubber
+from agent.prompting.history import Catalog, consumed_items, history_lines, keep_priority
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample"
 

@@ -1,6 +1,6 @@
 """Fault matrix: every way the chat API can fail, through RecommenderAgent and the CLI.
 
-Each fault is injected by the loopback server (``agent.loopback``) either once (then the
+Each fault is injected by the loopback server (``agent.testing.loopback``) either once (then the
 stand-in model answers) or on every request. Whatever happens, a call ends in one of two
 ways, never a hang and never a traceback:
 
@@ -11,7 +11,7 @@ ways, never a hang and never a traceback:
   failures and raises the typed error for the rest; the CLI prints one
   ``recagent: error: ...`` line and exits 5.
 
-The batch column (``agent.batch.run_batch``) is last: a persistent fault is a recorded failure
+The batch column (``agent.batch.runner.run_batch``) is last: a persistent fault is a recorded failure
 of that user's request while the other users carry on; quota and authentication failures
 stop the run at once with the typed error (they concern the account, not one request).
 """
@@ -31,12 +31,16 @@ from typing import Any
 
 import pytest
 
-from agent import batch, cli, errors, loopback
-from agent.candidates import Retriever
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply
+from agent import errors
+from agent.batch import runner as batch
+from agent.cli import main as cli
+from agent.llm import client as llm_client
+from agent.llm.client import ChatClient, LLMConfig
 from agent.recommender import ProfileResult, RecommendationResult, RecommenderAgent
-from agent.standin_model import parse_blocks, respond
+from agent.retrieval.candidates import Retriever
+from agent.testing import loopback
+from agent.testing.loopback import Fault, LoopbackServer, Reply
+from agent.testing.standin_model import parse_blocks, respond
 from tests.conftest import chat_bodies
 from tests.privacy_guard import PlantedData, write_planted_dataset
 
@@ -313,7 +317,7 @@ def server() -> Iterator[LoopbackServer]:
     """One server for the module; each test installs its own ``Flaky`` responder."""
     # The loopback handler writes headers and body separately, so Nagle's algorithm and the
     # client's delayed ACK add ~40 ms to every response on Linux (reported; the fix is this
-    # attribute on agent.loopback._Handler). Set here until then: it changes no HTTP behaviour.
+    # attribute on agent.testing.loopback._Handler). Set here until then: it changes no HTTP behaviour.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loopback._Handler, "disable_nagle_algorithm", True, raising=False)
         with LoopbackServer() as srv:
@@ -429,7 +433,7 @@ def test_cli_fault_matrix(
         config.max_retries = case.max_retries
         return ChatClient(config, sleep=sleeps, **kwargs)
 
-    monkeypatch.setattr(cli, "ChatClient", make_client)
+    monkeypatch.setattr(llm_client, "ChatClient", make_client)  # what the CLI's make_client builds
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     base = ["--base-url", rig.server.base_url, "--timeout", str(TIMEOUT_S)]
     args = [op, *rig.data.cli_args, "--user", USER, *base]
@@ -479,10 +483,10 @@ def test_transport_retries_and_reasks_do_not_multiply(rig: Rig) -> None:
     assert result.items[0].source == "llm"
 
 
-# -- the batch column (agent.batch.run_batch) ------------------------------------------------------
+# -- the batch column (agent.batch.runner.run_batch) ------------------------------------------------------
 # Written last, against the runner as it stands: u001's requests meet the fault (once per request,
 # or always), u002's are answered; the run records u001's failure and carries on with u002, or
-# stops at once on account failures (quota, authentication), as agent/batch.py documents.
+# stops at once on account failures (quota, authentication), as agent/batch/runner.py documents.
 BATCH_USERS = ["u001", "u002"]
 _BATCH_ONCE = ("429-retry-after", "reset", "malformed-json-body", "schema-invalid-json", "invented-ids")
 BATCH_MATRIX = [

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 
 from agent import errors
-from agent.candidates import Candidate
-from agent.cli import main
-from agent.data import align_catalog, load_events, load_items
-from agent.feedback import blocks_item, make_event
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.client import ChatClient, LLMConfig
+from agent.profiles.feedback import blocks_item, make_event
+from agent.profiles.store import SQLiteStore
 from agent.recommender import RecommenderAgent
-from agent.store import SQLiteStore
+from agent.retrieval.candidates import Candidate
+from agent.testing.loopback import LoopbackServer
 from tests.conftest import SAMPLE, chat_bodies
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)

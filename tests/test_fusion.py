@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from agent.fusion import FusionWeights, RankedList, features, fit, fuse
+from agent.ranking.fusion import FusionWeights, RankedList, features, fit, fuse
 
 
 def _list(n: int, llm_order: list[str]) -> RankedList:

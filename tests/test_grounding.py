@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from rapidfuzz import fuzz
 
-from agent.grounding import FUZZY_CUTOFF, GroundedRanking, ground
+from agent.ranking.grounding import FUZZY_CUTOFF, GroundedRanking, ground
 
 MOVIES = {
     "1": "Shadow, The (1994)",

@@ -25,13 +25,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agent import errors, loopback
-from agent.candidates import Candidate
-from agent.data import clean_events
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer, Reply
+from agent import errors
+from agent.data.loading import clean_events
+from agent.llm.client import ChatClient, LLMConfig
 from agent.recommender import RecommenderAgent
-from agent.standin_model import parse_blocks, respond
+from agent.retrieval.candidates import Candidate
+from agent.testing import loopback
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.testing.standin_model import parse_blocks, respond
 from tests.conftest import chat_bodies
 from tests.privacy_guard import PlantedData, write_planted_dataset
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 
 from agent import errors
-from agent.llm import ChatClient, LLMConfig, extract_json
-from agent.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
-from agent.prompts import RenderedPrompt
-from agent.schemas import BehaviorProfile, recommendations_model
+from agent.llm.client import ChatClient, LLMConfig, extract_json
+from agent.prompting.schemas import BehaviorProfile, recommendations_model
+from agent.prompting.templates import RenderedPrompt
+from agent.testing.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
 from tests.conftest import chat_bodies, valid_profile_json
 
 PROMPT = RenderedPrompt(

@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from agent.loopback import (
+from agent.testing.loopback import (
     BatchConfig,
     Fault,
     FaultPlan,

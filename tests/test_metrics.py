@@ -1,4 +1,4 @@
-"""Tests for agent.metrics: hand-computed cases, input checks, and agreement with
+"""Tests for agent.evaluation.metrics: hand-computed cases, input checks, and agreement with
 trec_eval through ir_measures (test-only dependency) on seeded random rankings."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agent.errors import MetricInputError, RecommenderError
-from agent.metrics import (
+from agent.evaluation.metrics import (
     average_precision_at_k,
     catalog_coverage,
     evaluate_ranking,

@@ -13,15 +13,15 @@ from typing import Any
 import openai
 import pytest
 
-from agent import openai_batch
-from agent.batch import BatchSettings, run_batch
-from agent.cli import main
-from agent.data import align_catalog, load_events, load_items
-from agent.ledger import Ledger
-from agent.llm import LLMConfig
-from agent.loopback import BatchConfig, LoopbackServer, Reply
+from agent.batch import openai_batch
+from agent.batch.ledger import Ledger
+from agent.batch.runner import BatchSettings, run_batch
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.client import LLMConfig
 from agent.recommender import RecommenderAgent
-from agent.standin_model import respond
+from agent.testing.loopback import BatchConfig, LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests.conftest import SAMPLE
 
 USERS = ["u001", "u002", "u003", "u004", "u005"]

@@ -22,18 +22,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-import agent.grounding as grounding
-import agent.prompt_fit as prompt_fit
-import agent.prompt_lines as prompt_lines
-from agent.data import align_catalog, load_events, load_items
-from agent.grounding import ground
-from agent.history import Catalog, history_lines
-from agent.privacy import Scrubber
-from agent.prompt_lines import CandidateLine, HistoryLine, compact_json, dumped_lines, history_pieces
-from agent.prompts import PromptRenderer, RecommendInputs, RenderedPrompt
+import agent.prompting.fit as prompt_fit
+import agent.prompting.lines as prompt_lines
+import agent.ranking.grounding as grounding
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.data.privacy import Scrubber
+from agent.prompting.history import Catalog, history_lines
+from agent.prompting.lines import CandidateLine, HistoryLine, compact_json, dumped_lines, history_pieces
+from agent.prompting.schemas import recommendations_model
+from agent.prompting.templates import PromptRenderer, RecommendInputs, RenderedPrompt
+from agent.prompting.tokens import count_lines, count_messages, encoding_for
+from agent.ranking.grounding import ground
 from agent.recommender import RecommenderAgent
-from agent.schemas import recommendations_model
-from agent.tokens import count_lines, count_messages, encoding_for
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample"
 MODEL = "gpt-4o-mini"
@@ -425,7 +425,7 @@ def test_a_block_rendered_otherwise_falls_back_to_rendering(
     for events, build, lines in cases[:2] * 2:
         budget = count_messages(renderer.render(*build([])).messages, MODEL) + 300
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="agent.prompt_fit"):
+        with caplog.at_level(logging.WARNING, logger="agent.prompting.fit"):
             got = prompt_fit.fit_prompt(renderer, build, events, lines, MODEL, budget, 300)
         assert got == prompt_fit.fit_by_rendering(renderer, build, events, lines, MODEL, budget, 300)
         assert [r.levelno for r in caplog.records] == [logging.WARNING]

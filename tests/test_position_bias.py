@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.position_bias import borda, input_order_copy_rate, shuffle_candidates
+from agent.ranking.position_bias import borda, input_order_copy_rate, shuffle_candidates
 
 IDS = [f"item_{n}" for n in range(20)]
 
@@ -33,9 +33,7 @@ def test_shuffle_seed_forms() -> None:
 
 def test_shuffle_is_stable_across_processes() -> None:
     """No dependence on hash randomisation: a fresh interpreter gives the same order."""
-    code = (
-        "from agent.position_bias import shuffle_candidates as s; print(s([str(i) for i in range(30)], 'u1'))"
-    )
+    code = "from agent.ranking.position_bias import shuffle_candidates as s; print(s([str(i) for i in range(30)], 'u1'))"
     env_runs = [
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env

@@ -3,7 +3,7 @@ secrets in cassettes, logs or errors, user templates in the sandbox.
 
 The session-wide scan of every request the suite sends lives in ``tests/privacy_guard.py``;
 the tests here prove the guard works, scan the recorded cassettes, and pin each promise of
-``agent.privacy`` with realistic inputs.
+``agent.data.privacy`` with realistic inputs.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import cli, errors, privacy
-from agent.cassette import Cassette, RecordingTransport
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply
-from agent.privacy import DEV_PSEUDONYM_KEY, PSEUDONYM_KEY_ENV, Pseudonymizer, Scrubber, scrub_text
-from agent.prompts import ProfileInputs, PromptRenderer
+from agent import errors
+from agent.cli import main as cli
+from agent.data import privacy
+from agent.data.privacy import DEV_PSEUDONYM_KEY, PSEUDONYM_KEY_ENV, Pseudonymizer, Scrubber, scrub_text
+from agent.llm.cassette import Cassette, RecordingTransport
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.schemas import BehaviorProfile
+from agent.prompting.templates import ProfileInputs, PromptRenderer
 from agent.recommender import AgentConfig, RecommenderAgent
-from agent.schemas import BehaviorProfile
-from agent.standin_model import respond
+from agent.testing.loopback import Fault, LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests import privacy_guard
 from tests.conftest import DATASETS, ROOT, SAMPLE, chat_bodies
 from tests.privacy_guard import (
@@ -263,7 +265,7 @@ def test_dev_default_key_warns_once(
 ) -> None:
     monkeypatch.delenv(PSEUDONYM_KEY_ENV, raising=False)
     monkeypatch.setattr(privacy, "_dev_key_warned", False)
-    with caplog.at_level(logging.WARNING, logger="agent.privacy"):
+    with caplog.at_level(logging.WARNING, logger="agent.data.privacy"):
         first, second = Pseudonymizer(), Pseudonymizer()
     assert first.is_dev_key and second.is_dev_key
     warnings = [r for r in caplog.records if PSEUDONYM_KEY_ENV in r.getMessage()]
@@ -439,8 +441,8 @@ def test_batch_custom_id_does_not_reveal_the_user_to_the_provider(
 ) -> None:
     """The provider sees custom id, body, template and model but not the pseudonym key, so
     enumerating guessable ids with any other key finds nothing."""
-    from agent import batch
-    from agent.batch import BatchSettings, Planner, custom_id
+    from agent.batch import runner as batch
+    from agent.batch.runner import BatchSettings, Planner, custom_id
 
     monkeypatch.setenv("RECAGENT_PSEUDONYM_KEY", "the-operators-secret-key-0123456789")
     batch._pseudonymizer.cache_clear()

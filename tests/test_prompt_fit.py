@@ -25,19 +25,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-import agent.prompt_fit as prompt_fit
-import agent.prompt_lines as prompt_lines
-import agent.tokens as tokens_module
-from agent.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, KNOWN_BEHAVIORS
-from agent.content import ContentInputs
-from agent.data import align_catalog, load_events, load_items
+import agent.prompting.fit as prompt_fit
+import agent.prompting.lines as prompt_lines
+import agent.prompting.tokens as tokens_module
+from agent.chat.content import ContentInputs
+from agent.data.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, KNOWN_BEHAVIORS
+from agent.data.event_columns import EventColumns
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.data.privacy import Scrubber
 from agent.errors import ConfigError
-from agent.event_columns import EventColumns
-from agent.history import Catalog, consumed_items, history_lines, keep_priority
-from agent.privacy import Scrubber
-from agent.prompt_fit import FAST_TEMPLATE_VERSIONS, fast_version, fit_prompt
-from agent.prompt_lines import tojson_text
-from agent.prompts import (
+from agent.prompting.fit import FAST_TEMPLATE_VERSIONS, fast_version, fit_prompt
+from agent.prompting.history import Catalog, consumed_items, history_lines, keep_priority
+from agent.prompting.lines import tojson_text
+from agent.prompting.templates import (
     BUILTIN_TEMPLATE_DIR,
     CandidateLine,
     Domain,
@@ -47,8 +47,7 @@ from agent.prompts import (
     RecommendInputs,
     RenderedPrompt,
 )
-from agent.recommender import DEFAULT_MODEL, RecommenderAgent
-from agent.tokens import (
+from agent.prompting.tokens import (
     _PRETOKEN_PATTERNS,
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -58,6 +57,7 @@ from agent.tokens import (
     encoding_for,
     split_is_exact,
 )
+from agent.recommender import DEFAULT_MODEL, RecommenderAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "fixtures" / "sample"
@@ -380,7 +380,7 @@ def test_the_fast_path_serves_the_built_in_templates(
 def test_content_templates_equal_the_reference(
     sample_agent: RecommenderAgent, cases: list[Case], template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """agent.content's prompts share the history block, so the fast path serves them too."""
+    """agent.chat.content's prompts share the history block, so the fast path serves them too."""
     monkeypatch.setattr(prompt_fit, "fit_by_rendering", _no_rendering)
     record = {"item_id": "SKU-10014", "title": "Kitepost <Strategy> & 'Co'", "price": 42.99, "category": None}
     reference = jinja_renderer()
@@ -622,7 +622,7 @@ def test_counts_add_up_where_the_split_is_proven_exact(
     def full(text: str) -> int:
         return len(encoding.encode(text, disallowed_special=()))
 
-    # Lemma 2 (agent.tokens._count_clauses): a "," then a " " is always a boundary.
+    # Lemma 2 (agent.prompting.tokens._count_clauses): a "," then a " " is always a boundary.
     assert full(left + "," + " " + right) == full(left + ",") + full(" " + right)
     left += "\n"
     if split_is_exact(kind, left, right):

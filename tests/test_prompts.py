@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 
 from agent.errors import TemplateError
-from agent.prompts import CandidateLine, HistoryLine, ProfileInputs, PromptRenderer, RecommendInputs
-from agent.standin_model import parse_blocks
+from agent.prompting.templates import (
+    CandidateLine,
+    HistoryLine,
+    ProfileInputs,
+    PromptRenderer,
+    RecommendInputs,
+)
+from agent.testing.standin_model import parse_blocks
 
 
 def _line(n: int, title: str, text: str | None = None) -> HistoryLine:

@@ -11,16 +11,16 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.errors import ConfigError, Usage
-from agent.evaluate import leave_one_out
-from agent.fusion import FusionWeights, RankedList, fuse
-from agent.fusion_fit import fit_fusion
-from agent.llm import ChatClient, LLMConfig, StructuredReply
-from agent.loopback import Fault, LoopbackServer, Reply
-from agent.position_bias import borda
+from agent.evaluation.fusion_fit import fit_fusion
+from agent.evaluation.protocol import leave_one_out
+from agent.llm.client import ChatClient, LLMConfig, StructuredReply
+from agent.ranking.fusion import FusionWeights, RankedList, fuse
+from agent.ranking.position_bias import borda
 from agent.recommender import AgentConfig, CandidateInfo, RecommenderAgent, ReplyContext, interpret_rankings
-from agent.standin_model import respond
+from agent.testing.loopback import Fault, LoopbackServer, Reply
+from agent.testing.standin_model import respond
 from tests.test_evaluate import client_for, prompt_leaks, synthetic
 
 IDS = [f"c{n}" for n in range(8)]

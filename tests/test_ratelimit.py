@@ -13,13 +13,13 @@ import openai
 import pytest
 
 from agent import errors
-from agent.llm import LLMConfig
-from agent.llm_async import AsyncChatClient
-from agent.loopback import Fault, Limits, LoopbackServer, Reply
-from agent.prompts import RenderedPrompt
-from agent.ratelimit import AdaptiveConcurrency, BudgetGate, RateLimiter, TokenBucket
-from agent.schemas import BehaviorProfile
-from agent.tokens import Price, PriceTable
+from agent.llm.async_client import AsyncChatClient
+from agent.llm.client import LLMConfig
+from agent.llm.ratelimit import AdaptiveConcurrency, BudgetGate, RateLimiter, TokenBucket
+from agent.prompting.schemas import BehaviorProfile
+from agent.prompting.templates import RenderedPrompt
+from agent.prompting.tokens import Price, PriceTable
+from agent.testing.loopback import Fault, Limits, LoopbackServer, Reply
 from tests.conftest import valid_profile_json
 
 

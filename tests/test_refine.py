@@ -15,26 +15,25 @@ import pytest
 from pydantic import ValidationError
 
 from agent import errors
-from agent.cli import make_client
-from agent.cli_feedback import record_scripted_reactions
-from agent.data import align_catalog, load_events, load_items
-from agent.feedback import StoredFeedback
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer, Reply, ScriptedResponder
-from agent.recommender import RecommenderAgent
-from agent.refine import (
+from agent.cli.feedback import record_scripted_reactions
+from agent.cli.main import make_client
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.client import ChatClient, LLMConfig
+from agent.profiles.feedback import StoredFeedback
+from agent.profiles.refine import (
     InterestUpdate,
     ProfileDelta,
-    ProfileDraft,
     RefineConfig,
     delta_model,
     diff_states,
-    initial_state,
     merge,
     worth_a_call,
 )
-from agent.schemas import BehaviorPatterns, BehaviorProfile, Dislike, Interest
-from agent.store import SQLiteStore
+from agent.profiles.store import SQLiteStore
+from agent.profiles.versions import ProfileDraft, initial_state
+from agent.prompting.schemas import BehaviorPatterns, BehaviorProfile, Dislike, Interest
+from agent.recommender import RecommenderAgent
+from agent.testing.loopback import LoopbackServer, Reply, ScriptedResponder
 from tests.conftest import SAMPLE, chat_bodies
 
 T0 = datetime(2026, 9, 1, 12, 0, tzinfo=UTC)

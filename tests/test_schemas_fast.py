@@ -1,4 +1,4 @@
-"""Per-request reply models built from templates (``agent.schemas``) behave exactly like the
+"""Per-request reply models built from templates (``agent.prompting.schemas``) behave exactly like the
 ``create_model`` + ``Literal`` models they replace: the strict JSON schema sent to the API is
 byte-identical (recorded cassettes are keyed by a hash of the request body) and validation
 accepts, rejects and words its errors the same way (re-asks quote those errors)."""
@@ -19,12 +19,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, Field, ValidationError, create_model
 from pydantic_core import SchemaError
 
-from agent import schemas
-from agent.llm import ChatClient, LLMConfig, build_request_body
-from agent.loopback import LoopbackServer, ScriptedResponder
-from agent.prompts import RenderedPrompt
-from agent.recommender import ReplyContext
-from agent.schemas import (
+from agent.llm.client import ChatClient, LLMConfig, build_request_body
+from agent.prompting import schemas
+from agent.prompting.schemas import (
     BehaviorProfile,
     Dislike,
     Interest,
@@ -34,6 +31,9 @@ from agent.schemas import (
     recommendations_model,
     strict_json_schema,
 )
+from agent.prompting.templates import RenderedPrompt
+from agent.recommender import ReplyContext
+from agent.testing.loopback import LoopbackServer, ScriptedResponder
 from tests.conftest import chat_bodies
 
 # -- the reference: the construction as it was before templates (do not "fix" it) ------------
@@ -408,7 +408,7 @@ def test_a_template_that_loses_the_enums_is_caught_and_not_used(
     monkeypatch.setattr(
         schemas, "_schema_validator", lambda schema, config: schemas.SchemaValidator(schema, config)
     )
-    with caplog.at_level(logging.WARNING, logger="agent.schemas"):
+    with caplog.at_level(logging.WARNING, logger="agent.prompting.schemas"):
         model = recommendations_model(["A", "B"], ["H1"])
     assert "do not match" in caplog.text
     with pytest.raises(ValidationError, match="Input should be 'A' or 'B'"):

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent import errors
-from agent.feedback import FeedbackEvent, ServedItem, ServedRecommendation
-from agent.refine import ProfileDraft, ProfileVersion, initial_state
-from agent.schemas import BehaviorPatterns, BehaviorProfile, Interest
-from agent.store import MIGRATIONS, SQLiteStore, default_db_path, open_store
+from agent.profiles.feedback import FeedbackEvent, ServedItem, ServedRecommendation
+from agent.profiles.store import MIGRATIONS, SQLiteStore, default_db_path, open_store
+from agent.profiles.versions import ProfileDraft, ProfileVersion, initial_state
+from agent.prompting.schemas import BehaviorPatterns, BehaviorProfile, Interest
 from tests.conftest import ROOT
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -193,9 +193,9 @@ def test_threads_updating_one_user_lose_no_update(db: Path) -> None:
 
 WORKER = r"""
 import sys
-from agent.refine import ProfileDraft, initial_state
-from agent.schemas import BehaviorPatterns, BehaviorProfile, Interest
-from agent.store import SQLiteStore
+from agent.profiles.versions import ProfileDraft, initial_state
+from agent.prompting.schemas import BehaviorPatterns, BehaviorProfile, Interest
+from agent.profiles.store import SQLiteStore
 
 def with_interest(latest, name):  # the same as the test module's, without importing pytest
     names = [i.name for i in latest.state.profile.interests] if latest else []
@@ -256,12 +256,12 @@ def test_processes_updating_one_user_lose_no_update(db: Path) -> None:
 # -- crash safety ------------------------------------------------------------------------
 CHILD = r"""
 import sys
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import LoopbackServer, Reply
-from agent.prompts import default_renderer
-from agent.refine import Refiner
-from agent.standin_model import respond
-from agent.store import SQLiteStore
+from agent.llm.client import ChatClient, LLMConfig
+from agent.testing.loopback import LoopbackServer, Reply
+from agent.prompting.templates import default_renderer
+from agent.profiles.refine import Refiner
+from agent.testing.standin_model import respond
+from agent.profiles.store import SQLiteStore
 
 db, kill_point = sys.argv[1], sys.argv[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError
-from agent.tokens import PriceTable, count_messages, count_text, encoding_for, fit_to_budget
+from agent.prompting.tokens import PriceTable, count_messages, count_text, encoding_for, fit_to_budget
 
 
 def test_counting_works_offline_and_includes_message_framing() -> None:

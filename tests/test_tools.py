@@ -15,16 +15,16 @@ from openai.lib._parsing._completions import validate_input_tools
 from openai.types.chat import ChatCompletionToolMessageParam, ChatCompletionToolParam
 from pydantic import TypeAdapter
 
-from agent import standin_chat
-from agent.cassette import Cassette, ReplayTransport
-from agent.cli import main
-from agent.data import align_catalog, load_events, load_items
-from agent.domains import PRESETS
-from agent.llm import ChatClient, LLMConfig
-from agent.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
+from agent.chat.domains import PRESETS
+from agent.chat.tools import TOOL_MODELS, Toolbox, run_tool_loop, tool_definitions
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.cassette import Cassette, ReplayTransport
+from agent.llm.client import ChatClient, LLMConfig
+from agent.profiles.store import open_store
 from agent.recommender import RecommenderAgent
-from agent.store import open_store
-from agent.tools import TOOL_MODELS, Toolbox, run_tool_loop, tool_definitions
+from agent.testing import standin_chat
+from agent.testing.loopback import Fault, LoopbackServer, Reply, ScriptedResponder
 from tests.conftest import ROOT, SAMPLE, chat_bodies
 
 TOOL_PARAM = TypeAdapter(ChatCompletionToolParam)

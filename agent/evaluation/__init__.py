@@ -1,0 +1,1 @@
+"""Offline evaluation: splits and protocols, ranking metrics, method wrappers, reports, and fitting fusion weights."""

@@ -1,0 +1,168 @@
+"""Recorded responses at the HTTP seam: record real exchanges, replay them in tests and demos.
+
+The openai SDK (3.x) sends requests through an ``httpx2`` client; ``ReplayTransport`` and
+``RecordingTransport`` plug in there, so the real SDK code path (serialisation, response
+parsing, error mapping) runs in replay too. A request is matched by the sha256 of its
+canonical body (JSON with sorted keys, volatile fields removed) plus the template version
+from the ``X-Recagent-Template`` header: editing a prompt changes the body and so
+invalidates its recordings, instead of silently replaying a stale answer.
+
+Nothing secret is written: request headers are not stored at all, and only the response's
+content type is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+
+from agent.prompting.templates import TEMPLATE_HEADER
+
+CASSETTE_VERSION = 1
+# Fields that change between otherwise identical requests and must not affect matching.
+VOLATILE_BODY_FIELDS = ("user", "safety_identifier", "metadata", "stream_options")
+
+
+class CassetteMiss(openai.OpenAIError):
+    """Raised inside the transport; the SDK re-raises OpenAIError subclasses unchanged."""
+
+    def __init__(self, key: str, template: str, path: str) -> None:
+        self.key = key
+        self.template = template
+        self.path = path
+        super().__init__(
+            f"no recorded response for template {template} (key {key[:12]}) in {path}; "
+            "the prompt or its inputs changed since recording. Re-record with "
+            "`python scripts/record_fixtures.py` (see fixtures/README.md)"
+        )
+
+
+def canonical_body(body: bytes | str) -> dict[str, Any]:
+    data = json.loads(body)
+    for name in VOLATILE_BODY_FIELDS:
+        data.pop(name, None)
+    return data
+
+
+def request_key(method: str, path: str, body: dict[str, Any], template: str) -> str:
+    canonical = json.dumps(
+        {"method": method, "path": path, "body": body, "template": template},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Cassette:
+    """A JSON file of request/response pairs, keyed by request hash. Thread-safe."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.interactions: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            for entry in data.get("interactions", []):
+                self.interactions[entry["key"]] = entry
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.interactions.get(key)
+
+    def put(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            self.interactions[entry["key"]] = entry
+
+    def save(self) -> None:
+        """Write every interaction, merged with what the file holds now (ours win on a key).
+
+        Merging means two ``Cassette`` objects on one path (e.g. two clients recording in one
+        process) no longer drop each other's entries. To start a recording afresh, delete the
+        file first (the record scripts do). Writers in different processes are not coordinated.
+        """
+        with self._lock:
+            if self.path.is_file():
+                on_disk = json.loads(self.path.read_text(encoding="utf-8")).get("interactions", [])
+                for entry in on_disk:
+                    self.interactions.setdefault(entry["key"], entry)
+            ordered = sorted(self.interactions.values(), key=lambda e: (e["template"], e["key"]))
+            payload = {"version": CASSETTE_VERSION, "interactions": ordered}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            tmp.replace(self.path)
+
+
+def _describe(request: httpx2.Request) -> tuple[str, dict[str, Any], str, str]:
+    body = canonical_body(request.content or b"{}")
+    template = request.headers.get(TEMPLATE_HEADER, "unknown")
+    path = request.url.path
+    return path, body, template, request_key(request.method, path, body, template)
+
+
+class ReplayTransport(httpx2.BaseTransport):
+    """Answers every request from a cassette; a request it has not seen raises ``CassetteMiss``."""
+
+    def __init__(self, cassette: Cassette) -> None:
+        self.cassette = cassette
+        self.requests: list[dict[str, Any]] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        path, body, template, key = _describe(request)
+        self.requests.append({"path": path, "body": body, "template": template})
+        entry = self.cassette.get(key)
+        if entry is None:
+            raise CassetteMiss(key, template, str(self.cassette.path))
+        response = entry["response"]
+        return httpx2.Response(
+            status_code=response["status"],
+            headers={"content-type": "application/json", **response.get("headers", {})},
+            content=json.dumps(response["body"]).encode(),
+            request=request,
+        )
+
+
+class RecordingTransport(httpx2.BaseTransport):
+    """Passes requests to a real transport and stores each exchange in the cassette."""
+
+    def __init__(self, cassette: Cassette, inner: httpx2.BaseTransport | None = None) -> None:
+        self.cassette = cassette
+        self.inner = inner or httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        path, body, template, key = _describe(request)
+        response = self.inner.handle_request(request)
+        content = response.read()
+        try:
+            parsed: Any = json.loads(content)
+        except ValueError:
+            parsed = content.decode("utf-8", "replace")
+        kept_headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() in ("retry-after", "retry-after-ms") or name.lower().startswith("x-ratelimit-")
+        }
+        self.cassette.put(
+            {
+                "key": key,
+                "template": template,
+                "request": {"method": request.method, "path": path, "body": body},
+                "response": {"status": response.status_code, "headers": kept_headers, "body": parsed},
+            }
+        )
+        self.cassette.save()
+        return httpx2.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            content=content,
+            request=request,
+        )
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,227 @@
+"""Render prompt templates into chat messages, with a version for every request.
+
+One ``.j2`` file per prompt in ``prompts/`` (shipped in the wheel as ``agent.templates``).
+Each template defines two macros, ``system()`` and ``user()``; each is rendered with one
+validated pydantic inputs model and ``StrictUndefined`` (a missing variable is an error, not
+an empty string). Templates always render in Jinja's sandbox, because users can point
+``template_dir`` (or ``RECAGENT_TEMPLATES``) at their own files; a user file with the same
+name overrides the built-in one.
+
+A template's version is ``name@<first 10 hex of sha256(source of it and of _base.j2)>``, so
+editing a template changes the version, the request metadata and the cassette key.
+
+Speed without changing a byte: ``tojson`` writes exactly Jinja's HTML-safe JSON with one
+reused encoder, versions are cached by file path, mtime and size, and lines shown in many
+prompts (history, candidates) are dumped and encoded once (``agent.prompting.lines``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, Field
+
+from agent.errors import TemplateError
+from agent.prompting.lines import (  # re-exported: the line models are part of every inputs model
+    JSON_DUMPS_KWARGS,
+    CandidateLine,
+    HistoryLine,
+    compact_filter,
+    tojson_filter,
+)
+
+BUILTIN_TEMPLATE_DIR = (
+    Path(__file__).parents[1] / "templates"
+    if (Path(__file__).parents[1] / "templates").is_dir()
+    else Path(__file__).resolve().parents[2] / "prompts"
+)
+SHARED_TEMPLATES = ("_base.j2",)
+
+
+class Domain(BaseModel):
+    """Nouns that let the same templates speak about products, articles or people."""
+
+    name: str = "e-commerce"
+    user_noun: str = "shopper"
+    item_noun: str = "product"
+    items_noun: str = "products"
+
+
+class ProfileInputs(BaseModel):
+    domain: Domain = Field(default_factory=Domain)
+    behaviors: list[str]
+    history: list[HistoryLine]
+    total_events: int
+
+
+class RecommendInputs(BaseModel):
+    domain: Domain = Field(default_factory=Domain)
+    profile: dict[str, Any] | None
+    history: list[HistoryLine]
+    total_events: int
+    candidates: list[CandidateLine]
+    k: int
+    query: str | None = None
+
+
+TEMPLATE_INPUTS: dict[str, type[BaseModel]] = {
+    "profile": ProfileInputs,
+    "recommend": RecommendInputs,
+}
+
+
+# The HTTP header that carries a request's template version (``RenderedPrompt.version``), so
+# cassettes and server logs can tell which prompt produced it.
+TEMPLATE_HEADER = "X-Recagent-Template"
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    name: str
+    version: str
+    messages: list[dict[str, str]]
+
+
+class PromptRenderer:
+    """Renders templates from an optional user directory, then the built-in one."""
+
+    def __init__(self, template_dir: str | Path | None = None) -> None:
+        user_dir = template_dir or os.environ.get("RECAGENT_TEMPLATES")
+        search: Sequence[Path] = (
+            [Path(user_dir), BUILTIN_TEMPLATE_DIR] if user_dir else [BUILTIN_TEMPLATE_DIR]
+        )
+        if user_dir and not Path(user_dir).is_dir():
+            raise TemplateError(f"template directory not found: {user_dir}")
+        self._search = list(search)
+        self._env = SandboxedEnvironment(
+            loader=jinja2.FileSystemLoader([str(p) for p in self._search]),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            trim_blocks=False,
+            keep_trailing_newline=False,
+        )
+        # Keep field order (n first) and drop nulls: shorter prompts, same information.
+        self._env.policies["json.dumps_kwargs"] = dict(JSON_DUMPS_KWARGS)
+        self._env.filters["compact"] = compact_filter
+        self._env.filters["tojson"] = tojson_filter
+        self._versions: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+    def _path(self, filename: str) -> tuple[Path, os.stat_result]:
+        for directory in self._search:
+            path = directory / filename
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if S_ISREG(stat.st_mode):
+                return path, stat
+        raise TemplateError(f"template {filename!r} not found in {', '.join(map(str, self._search))}")
+
+    def _source(self, filename: str) -> str:
+        return self._path(filename)[0].read_text(encoding="utf-8")
+
+    def version(self, name: str) -> str:
+        """``name@`` + 10 hex of sha256 over the sources of ``name.j2`` and ``_base.j2``.
+
+        Cached by path, modification time and size, so an edited template gets a new version
+        without every render reading and hashing the files again.
+        """
+        files = [self._path(filename) for filename in (f"{name}.j2", *SHARED_TEMPLATES)]
+        key = tuple((str(path), stat.st_mtime_ns, stat.st_size) for path, stat in files)
+        version = self._versions.get(key)
+        if version is None:
+            digest = hashlib.sha256()
+            for path, _ in files:
+                digest.update(path.read_text(encoding="utf-8").encode())
+            version = self._versions[key] = f"{name}@{digest.hexdigest()[:10]}"
+        return version
+
+    def render(self, name: str, inputs: BaseModel) -> RenderedPrompt:
+        """Render ``name`` with ``inputs`` into a system and a user message.
+
+        Raises ``TemplateError`` for an unknown template, inputs of the wrong model, a
+        variable the inputs lack, or a template without ``system``/``user`` macros.
+        """
+        self.check_inputs(name, inputs)
+        return self.render_vars(name, inputs.model_dump(mode="json"))
+
+    def has_stock_filters(self) -> bool:
+        """True while ``tojson``, ``compact`` and the JSON policies are this module's."""
+        filters, policies = self._env.filters, self._env.policies
+        return (
+            filters.get("tojson") is tojson_filter
+            and filters.get("compact") is compact_filter
+            and policies["json.dumps_function"] is None
+            and policies["json.dumps_kwargs"] == JSON_DUMPS_KWARGS
+        )
+
+    @staticmethod
+    def check_inputs(name: str, inputs: BaseModel) -> None:
+        """Raise ``TemplateError`` if ``name`` takes another inputs model than ``inputs``."""
+        expected = TEMPLATE_INPUTS.get(name)
+        if expected is not None and not isinstance(inputs, expected):
+            raise TemplateError(f"template {name!r} takes {expected.__name__}, got {type(inputs).__name__}")
+
+    def render_vars(
+        self, name: str, variables: dict[str, Any], *, version: str | None = None
+    ) -> RenderedPrompt:
+        """``render`` for inputs already dumped (``model_dump(mode="json")``), unchecked.
+
+        For callers that render the same lines many times (``agent.prompting.fit``): list
+        elements may be ``DumpedLine``s. ``version``, if given, must be ``self.version(name)``
+        as the caller just read it.
+        """
+        try:
+            template = self._env.get_template(f"{name}.j2")
+            module = template.make_module(variables)
+            system = str(module.system()).strip()  # type: ignore[attr-defined]
+            user = str(module.user()).strip()  # type: ignore[attr-defined]
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"template {name!r} not found in {', '.join(map(str, self._search))}"
+            ) from exc
+        except AttributeError as exc:
+            raise TemplateError(f"template {name!r} must define macros system() and user()") from exc
+        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:  # sandbox limits, too
+            raise TemplateError(f"template {name!r} failed to render: {exc}") from exc
+        return RenderedPrompt(
+            name=name,
+            version=version or self.version(name),
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        )
+
+    def render_macro(self, filename: str, macro: str, *args: Any) -> str:
+        """The text of macro ``macro`` of template ``filename`` (e.g. ``_base.j2``) called with ``args``.
+
+        Only for macros that use nothing but their arguments (the module has no context).
+        Raises ``TemplateError`` as ``render`` does.
+        """
+        try:
+            return str(getattr(self._env.get_template(filename).module, macro)(*args))
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"template {filename!r} not found in {', '.join(map(str, self._search))}"
+            ) from exc
+        except AttributeError as exc:
+            raise TemplateError(f"template {filename!r} has no macro {macro}()") from exc
+        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:
+            raise TemplateError(f"macro {macro}() of {filename!r} failed to render: {exc}") from exc
+
+
+@lru_cache(maxsize=4)
+def default_renderer(template_dir: str | None = None) -> PromptRenderer:
+    return PromptRenderer(template_dir)
+
+
+def render(name: str, inputs: BaseModel, template_dir: str | None = None) -> RenderedPrompt:
+    """Render a template with the default (or given) template directory."""
+    return default_renderer(template_dir).render(name, inputs)

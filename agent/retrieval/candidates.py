@@ -1,0 +1,461 @@
+"""Candidate generation: the first stage of two-stage recommendation.
+
+The model reranks and explains; the candidate set's hit rate is the ceiling of
+everything after it. :class:`Retriever` blends four cheap, vectorized sources:
+
+``cooccurrence``
+    ItemKNN: cosine similarity (with shrinkage) between item columns of the sparse
+    user×item matrix weighted by ``behavior_weight`` (purchase > cart > click > view;
+    ratings count as a positive of weight 1 by default — ``rating_mode="implicit"`` — or
+    by their value with ``"value"``). Pruned at fit time to the top ``neighbors`` per
+    item, so querying is one sparse gather over the user's items. The user's items are
+    weighted by recency relative to the user's *own* last event (half-lives in days
+    and/or in events). Optionally (``window``) co-occurrence inside short windows of
+    consecutive events counts extra, which makes the similarity sequence-aware.
+``popularity``
+    Behavior-weighted, time-decayed popularity (relative to the log's last event), mixed
+    with popularity within the categories the user consumes (``category_share``).
+``content``
+    TF-IDF over title + category + description (+ ``genres`` when present); the user's
+    profile is the recency-weighted mean of the consumed items' vectors.
+``search``
+    TF-IDF of the ``query=`` argument and of the user's past ``search`` events
+    (recency-weighted) against the same item vectors.
+
+Each source is normalized per user (divided by its max over the items still eligible)
+and blended with ``RetrieverConfig.weights``. Users with no item history — unknown user
+ids included — get popularity (and the query/search source if there is one): the
+retriever never raises for an unknown user, the agent layer decides what to do.
+Only positive-weight events feed the sources; every non-search event (dislikes
+included) marks its item consumed, and consumed items are excluded by default. Items in
+``exclude`` (the dislike hard filter) are never returned. Events on items missing from
+``items`` are ignored. Tuning and measured quality/latency: docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from agent.data.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, RATING_SCALE
+from agent.errors import ConfigError, DataError
+from agent.retrieval.tfidf import TfidfVectorizer
+
+__all__ = ["SOURCES", "Candidate", "Retriever", "RetrieverConfig"]
+
+SOURCES: tuple[str, ...] = ("cooccurrence", "popularity", "content", "search")
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_BLOCK_ITEMS = 2048  # rows of the item-item product computed (then pruned) at once
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One retrieved item: blended ``score`` (higher is better) and per-source scores in [0, 1]."""
+
+    item_id: str
+    score: float
+    sources: dict[str, float]
+
+
+def _default_weights() -> dict[str, float]:
+    # an explicit query outweighs every personal signal together (1 + 0.1 + 0.1 < 2)
+    return {"cooccurrence": 1.0, "popularity": 0.1, "content": 0.1, "search": 2.0}
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    """Retriever settings.
+
+    The defaults sit between the settings tuned on the ML-100K and Amazon Games validation
+    splits (docs/BENCHMARKS.md): dense logs with session-like rating bursts gain from
+    ``window``, sparse purchase sequences from more ``neighbors`` and ``shrink``.
+    """
+
+    weights: Mapping[str, float] = field(default_factory=_default_weights)
+    """Blend weight per source (keys from ``SOURCES``; 0 switches a source off)."""
+    neighbors: int = 100
+    """Item-item neighbours kept per item (top-K pruning of the similarity matrix)."""
+    shrink: float = 20.0
+    """Cosine shrinkage: ``sim = co / (|i||j| + shrink)``; damps pairs seen by few users."""
+    half_life_days: float | None = None
+    """Recency half-life of a user's events, in days before the user's last event."""
+    half_life_events: float | None = 5.0
+    """Recency half-life in events: the user's n-th most recent item weighs 0.5**(n/h)."""
+    rating_mode: Literal["implicit", "value"] = "implicit"
+    """``implicit``: any rating is a positive (weight 1); ``value``: ``rating_weight`` (<=0 dropped)."""
+    behavior_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOR_WEIGHTS))
+    popularity_half_life_days: float | None = 60.0
+    """Popularity decay, in days before the log's last event (None: plain counts)."""
+    window: int | None = None
+    """Also count co-occurrence within windows of this many consecutive events (sequence-aware)."""
+    window_weight: float = 1.0
+    """Weight of the windowed co-occurrence relative to the whole-history one."""
+    category_share: float = 0.5
+    """Share of the popularity source taken from popularity within the user's categories."""
+    search_history_weight: float = 0.5
+    """Weight of the user's past searches relative to the ``query=`` argument."""
+    content_fields: tuple[str, ...] = ("title", "category", "description", "genres")
+    """Item columns whose text feeds the TF-IDF vectors (missing columns are skipped)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(SOURCES)
+        if unknown:
+            raise ConfigError(f"unknown retriever source(s) {sorted(unknown)}; known: {list(SOURCES)}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ConfigError("retriever blend weights must be >= 0")
+        if self.neighbors < 1:
+            raise ConfigError("neighbors must be >= 1")
+        if self.rating_mode not in ("implicit", "value"):
+            raise ConfigError(f"rating_mode must be 'implicit' or 'value', got {self.rating_mode!r}")
+        if self.window is not None and self.window < 2:
+            raise ConfigError("window must be >= 2 events or None")
+        if self.window_weight < 0 or self.search_history_weight < 0:
+            raise ConfigError("window_weight and search_history_weight must be >= 0")
+        if not 0.0 <= self.category_share <= 1.0:
+            raise ConfigError("category_share must be in [0, 1]")
+        for name in ("half_life_days", "half_life_events", "popularity_half_life_days"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 or None")
+
+
+def _decay(age: np.ndarray, half_life: float | None) -> np.ndarray:
+    if half_life is None:
+        return np.ones(len(age))
+    return np.exp2(-np.asarray(age, dtype="float64") / half_life)
+
+
+def _top_k_rows(block: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep the ``k`` largest entries of every row of a CSR block (no duplicate entries)."""
+    lengths = np.diff(block.indptr)
+    if lengths.max(initial=0) <= k:
+        return block
+    keep = np.ones(block.nnz, dtype=bool)
+    for row in np.flatnonzero(lengths > k):  # a loop over items, never over users or events
+        start, end = block.indptr[row], block.indptr[row + 1]
+        drop = np.argpartition(block.data[start:end], end - start - k)[: end - start - k]
+        keep[start + drop] = False
+    rows = np.repeat(np.arange(block.shape[0]), lengths)[keep]
+    return sp.csr_matrix((block.data[keep], (rows, block.indices[keep])), shape=block.shape)
+
+
+def _gather_rows(matrix: sp.csr_matrix, rows: np.ndarray, row_weights: np.ndarray, size: int) -> np.ndarray:
+    """Dense ``row_weights @ matrix[rows]`` without building the slice."""
+    starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(size)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+    weights = matrix.data[offsets] * np.repeat(row_weights, lengths)
+    return np.bincount(matrix.indices[offsets], weights=weights, minlength=size)
+
+
+class Retriever:
+    """A fitted candidate generator; build it with :meth:`Retriever.fit`."""
+
+    def __init__(self) -> None:  # use Retriever.fit
+        self.config = RetrieverConfig()
+        self.item_ids: np.ndarray = np.array([], dtype=object)
+        self._item_index: dict[str, int] = {}
+        self._user_index: dict[str, int] = {}
+        self._profile: sp.csr_matrix = sp.csr_matrix((0, 0))
+        self._consumed: sp.csr_matrix = sp.csr_matrix((0, 0))
+        self._similarity: sp.csr_matrix = sp.csr_matrix((0, 0))
+        self._popularity: np.ndarray = np.zeros(0)
+        self._category_popularity: np.ndarray = np.zeros(0)
+        self._category_code: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._n_categories = 0
+        self._tiebreak: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._vectorizer: TfidfVectorizer | None = None
+        self._item_vectors: sp.csr_matrix | None = None
+        self._searches: sp.csr_matrix | None = None
+
+    # ------------------------------------------------------------------ fit
+
+    @classmethod
+    def fit(
+        cls, events: pd.DataFrame, items: pd.DataFrame, config: RetrieverConfig | None = None
+    ) -> Retriever:
+        """Fit every source on canonical ``events``/``items`` frames (docs/CONTRACT.md)."""
+        self = cls()
+        self.config = cfg = config or RetrieverConfig()
+        for frame, name, columns in (
+            (events, "events", ("user_id", "item_id", "behavior", "timestamp")),
+            (items, "items", ("item_id", "title")),
+        ):
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise DataError(f"{name} frame lacks required column(s) {missing}", column=missing[0])
+
+        self.item_ids = items["item_id"].astype(str).to_numpy(dtype=object)
+        n_items = len(self.item_ids)
+        catalog = pd.Index(self.item_ids)
+        if not catalog.is_unique:
+            raise DataError("items frame has duplicate item_id values", column="item_id")
+        self._item_index = {item: i for i, item in enumerate(self.item_ids)}
+
+        user_codes, users = pd.factorize(events["user_id"].astype(str), sort=False)
+        n_users = len(users)
+        self._user_index = {str(user): i for i, user in enumerate(users)}
+        behavior_codes, behavior_names = pd.factorize(events["behavior"].astype(str).str.lower())
+        behaviors = np.asarray(behavior_names, dtype=object)
+        ts = events["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
+        value = (
+            events["value"].to_numpy(dtype="float64") if "value" in events else np.full(len(events), np.nan)
+        )
+        event_items, distinct_items = pd.factorize(events["item_id"].astype(str))
+        item_codes = catalog.get_indexer(distinct_items)[event_items] if len(distinct_items) else event_items
+        is_search = behaviors[behavior_codes] == "search"
+        is_rating_event = behaviors[behavior_codes] == "rating"
+
+        # behavior weight of each event (vectorized behavior_weight)
+        per_behavior = [cfg.behavior_weights.get(b, DEFAULT_UNKNOWN_WEIGHT) for b in behaviors]
+        weight = np.asarray(per_behavior, dtype="float64")[behavior_codes]
+        is_rating = is_rating_event & ~np.isnan(value)
+        if cfg.rating_mode == "implicit":
+            weight[is_rating_event] = 1.0
+        else:
+            low, high = RATING_SCALE  # the vectorized form of agent.data.behaviors.rating_weight
+            half = (high - low) / 2 or 1.0
+            weight[is_rating] = np.clip((value[is_rating] - (low + high) / 2) / half, -1.0, 1.0)
+
+        item_event = (item_codes >= 0) & ~is_search  # search events never mark an item consumed
+        u, i, w, t = user_codes[item_event], item_codes[item_event], weight[item_event], ts[item_event]
+
+        # recency relative to each user's own last event (days and/or events)
+        last = np.full(n_users, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, u, t)
+        order = np.lexsort((t, u))
+        counts = np.bincount(u, minlength=n_users)
+        rank_in_user = np.empty(len(u), dtype=np.int64)
+        rank_in_user[order] = np.arange(len(u)) - np.repeat(np.cumsum(counts) - counts, counts)
+        since_last = counts[u] - 1 - rank_in_user
+        recency = _decay((last[u] - t) / _NS_PER_DAY, cfg.half_life_days) * _decay(
+            since_last, cfg.half_life_events
+        )
+
+        positive = w > 0
+        shape = (n_users, n_items)
+        self._consumed = sp.csr_matrix((np.ones(len(u), dtype=bool), (u, i)), shape=shape)
+        self._consumed.sum_duplicates()
+        self._profile = sp.csr_matrix(
+            ((w * recency)[positive], (u[positive], i[positive])), shape=shape, dtype=np.float64
+        )
+        self._profile.sum_duplicates()
+        interactions = sp.csr_matrix((w[positive], (u[positive], i[positive])), shape=shape, dtype=np.float64)
+        interactions.sum_duplicates()
+        if cfg.window and cfg.window_weight > 0:
+            # windows of `window` consecutive events (two offsets) act as extra pseudo-users,
+            # so items consumed close together in a sequence count as more similar
+            pieces = [interactions]
+            for offset in (0, cfg.window // 2):
+                block = (rank_in_user + offset) // cfg.window
+                rows, _ = pd.factorize(u.astype(np.int64) * (len(u) + 2) + block)
+                pieces.append(
+                    sp.csr_matrix(
+                        ((w * np.sqrt(cfg.window_weight))[positive], (rows[positive], i[positive])),
+                        shape=(rows.max(initial=-1) + 1, n_items),
+                    )
+                )
+            interactions = sp.vstack(pieces, format="csr")
+            interactions.sum_duplicates()
+
+        self._similarity = sp.csr_matrix((n_items, n_items))
+        if cfg.weights.get("cooccurrence", 0) > 0:
+            self._similarity = self._item_similarity(interactions)
+
+        # popularity: time-decayed, global and within category
+        age_days = (ts.max(initial=0) - t) / _NS_PER_DAY if len(t) else t
+        pop_weight = w * _decay(age_days, cfg.popularity_half_life_days)  # behavior-weighted
+        pop = np.bincount(i[positive], weights=pop_weight[positive], minlength=n_items)
+        self._tiebreak = np.argsort(np.lexsort((np.arange(n_items), -pop)))  # rank: popular first
+        self._popularity = pop / pop.max() if n_items and pop.max() > 0 else pop
+        category = items["category"] if "category" in items else pd.Series([None] * n_items)
+        codes, cats = pd.factorize(category.astype(object).where(category.notna(), None), sort=False)
+        codes = np.where(codes < 0, len(cats), codes)  # items without a category form one group
+        self._n_categories = len(cats) + 1
+        self._category_code = codes
+        cat_max = np.zeros(self._n_categories)
+        np.maximum.at(cat_max, codes, pop)
+        self._category_popularity = np.divide(
+            pop, cat_max[codes], out=np.zeros(n_items), where=cat_max[codes] > 0
+        )
+
+        self._fit_text(items, events, user_codes, is_search, ts, last, n_users)
+        return self
+
+    def _item_similarity(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
+        """Cosine item-item similarity with shrinkage, top-``neighbors`` per item, no diagonal."""
+        cfg = self.config
+        n_items = interactions.shape[1]
+        norms = np.sqrt(np.asarray(interactions.multiply(interactions).sum(axis=0)).ravel())
+        by_item = interactions.T.tocsr()
+        blocks = []
+        for start in range(0, n_items, _BLOCK_ITEMS):
+            block = (by_item[start : start + _BLOCK_ITEMS] @ interactions).tocsr()
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr)) + start
+            block.data = block.data / (norms[rows] * norms[block.indices] + cfg.shrink + 1e-12)
+            block.data[rows == block.indices] = 0.0
+            block.eliminate_zeros()
+            blocks.append(_top_k_rows(block, cfg.neighbors))
+        if not blocks:
+            return sp.csr_matrix((n_items, n_items))
+        return sp.vstack(blocks, format="csr")
+
+    def _fit_text(
+        self,
+        items: pd.DataFrame,
+        events: pd.DataFrame,
+        user_codes: np.ndarray,
+        is_search: np.ndarray,
+        ts: np.ndarray,
+        last: np.ndarray,
+        n_users: int,
+    ) -> None:
+        cfg = self.config
+        if cfg.weights.get("content", 0) <= 0 and cfg.weights.get("search", 0) <= 0:
+            return
+        text = pd.Series([""] * len(items), index=items.index, dtype=object)
+        for column in cfg.content_fields:
+            if column in items:
+                text = text + " " + items[column].astype(object).where(items[column].notna(), "").astype(str)
+        vectorizer = TfidfVectorizer(dtype=np.float64)
+        try:
+            self._item_vectors = vectorizer.fit_transform(text.tolist()).tocsr()
+        except ValueError:  # empty vocabulary: no usable text at all
+            return
+        self._vectorizer = vectorizer
+        if "text" not in events:
+            return
+        texts = events["text"].to_numpy(dtype=object)
+        has_text = is_search & pd.notna(texts)
+        if not has_text.any():
+            return
+        rows = user_codes[has_text]
+        recency = _decay((last[rows] - ts[has_text]) / _NS_PER_DAY, cfg.half_life_days)
+        vectors = vectorizer.transform([str(x) for x in texts[has_text]])
+        owner = sp.csr_matrix((recency, (rows, np.arange(len(rows)))), shape=(n_users, len(rows)))
+        self._searches = (owner @ vectors).tocsr()
+
+    # ------------------------------------------------------------------ query
+
+    def scores(
+        self,
+        user_id: str,
+        query: str | None = None,
+        exclude_consumed: bool = True,
+        exclude: Iterable[str] = (),
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Blended score per catalog item (``-inf`` where excluded) and the normalized sources.
+
+        Index ``j`` refers to ``self.item_ids[j]``. Sources without any signal for this
+        user are left out of the dict.
+        """
+        cfg = self.config
+        n_items = len(self.item_ids)
+        eligible = np.ones(n_items, dtype=bool)
+        row = self._user_index.get(str(user_id))
+        cols = vals = np.zeros(0, dtype=np.int64)
+        if row is not None:
+            p0, p1 = self._profile.indptr[row], self._profile.indptr[row + 1]
+            cols, vals = self._profile.indices[p0:p1], self._profile.data[p0:p1]
+            if exclude_consumed:
+                c0, c1 = self._consumed.indptr[row], self._consumed.indptr[row + 1]
+                eligible[self._consumed.indices[c0:c1]] = False
+        if isinstance(exclude, str):  # one id, not an iterable of characters
+            exclude = (exclude,)
+        blocked = [self._item_index[x] for x in exclude if x in self._item_index]
+        eligible[blocked] = False
+
+        raw: dict[str, np.ndarray] = {}
+        weights = cfg.weights
+        if len(cols) and weights.get("cooccurrence", 0) > 0:
+            raw["cooccurrence"] = _gather_rows(self._similarity, cols, vals, n_items)
+        if weights.get("popularity", 0) > 0:
+            pop = self._popularity
+            if len(cols) and cfg.category_share > 0:
+                affinity = np.bincount(self._category_code[cols], weights=vals, minlength=self._n_categories)
+                affinity = affinity / (affinity.max() or 1.0)
+                in_category = self._category_popularity * affinity[self._category_code]
+                pop = (1 - cfg.category_share) * pop + cfg.category_share * in_category
+            raw["popularity"] = pop
+        if self._item_vectors is not None:
+            if len(cols) and weights.get("content", 0) > 0:
+                profile = _gather_rows(self._item_vectors, cols, vals, self._item_vectors.shape[1])
+                raw["content"] = self._item_vectors @ profile
+            if weights.get("search", 0) > 0:
+                search = self._search_vector(row, query)
+                if search is not None:
+                    raw["search"] = self._item_vectors @ search
+
+        blended = np.zeros(n_items)
+        normalized: dict[str, np.ndarray] = {}
+        for name, values in raw.items():
+            top = values[eligible].max(initial=0.0)
+            if top > 0:
+                normalized[name] = np.clip(values / top, 0.0, 1.0)
+                blended += weights.get(name, 0) * normalized[name]
+        blended[~eligible] = -np.inf
+        return blended, normalized
+
+    def _search_vector(self, row: int | None, query: str | None) -> np.ndarray | None:
+        assert self._vectorizer is not None and self._item_vectors is not None
+        vector = np.zeros(self._item_vectors.shape[1])
+        if query and query.strip():
+            vector += self._vectorizer.transform([query]).toarray().ravel()
+        if row is not None and self._searches is not None and self.config.search_history_weight > 0:
+            s0, s1 = self._searches.indptr[row], self._searches.indptr[row + 1]
+            history = np.zeros(len(vector))
+            history[self._searches.indices[s0:s1]] = self._searches.data[s0:s1]
+            norm = np.linalg.norm(history)
+            if norm > 0:
+                vector += self.config.search_history_weight * history / norm
+        return vector if vector.any() else None
+
+    def candidates(
+        self,
+        user_id: str,
+        n: int | None = 50,
+        query: str | None = None,
+        exclude_consumed: bool = True,
+        exclude: Iterable[str] = (),
+    ) -> list[Candidate]:
+        """The ``n`` best items for ``user_id`` (``n=None``: the whole eligible catalog, ranked).
+
+        Ties are broken by popularity, then catalog order, so results are deterministic.
+        """
+        blended, normalized = self.scores(user_id, query, exclude_consumed, exclude)
+        eligible = np.flatnonzero(np.isfinite(blended))
+        if n is not None:
+            if n <= 0:
+                return []
+            if n < len(eligible):
+                # keep everything tied with the n-th score so the tie-break stays exact
+                kth = np.partition(blended[eligible], len(eligible) - n)[len(eligible) - n]
+                eligible = eligible[blended[eligible] >= kth]
+        order = eligible[np.lexsort((self._tiebreak[eligible], -blended[eligible]))]
+        if n is not None:
+            order = order[:n]
+        # Whole columns to Python floats at once (indexing numpy scalars one by one is slow).
+        ids, scores = self.item_ids[order].tolist(), blended[order].tolist()
+        per_source = {name: values[order].tolist() for name, values in normalized.items()}
+        return [
+            Candidate(
+                item_id=str(ids[i]),
+                score=scores[i],
+                sources={name: values[i] for name, values in per_source.items()},
+            )
+            for i in range(len(order))
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"Retriever(users={len(self._user_index)}, items={len(self.item_ids)}, "
+            f"neighbours={self._similarity.nnz}, config={self.config})"
+        )
