@@ -156,12 +156,13 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "agent.cli.batch",
     "agent.cli.evaluate",
     "agent.cli.fusion",
+    "agent.cli.serve",
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(getattr(args, "verbose", False))
     try:
         return COMMANDS[args.command](args)
     except RecommenderError as exc:

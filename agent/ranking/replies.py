@@ -33,7 +33,7 @@ from agent.ranking.fusion import FusionWeights, RankedList, fuse
 from agent.ranking.grounding import GroundedRanking, ground
 from agent.ranking.position_bias import borda, input_order_copy_rate
 
-Source = Literal["llm", "retriever", "fallback"]
+Source = Literal["llm", "retriever", "fallback", "cold_start"]
 
 
 class Recommendation(BaseModel):
