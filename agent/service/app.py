@@ -264,6 +264,10 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID", "X-API-Key"],
         )
 
+    # Starlette runs the last-added middleware first: the body limit sits inside the request
+    # context, so a 413 carries a request id and is logged and counted like any answer.
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+
     @app.middleware("http")
     async def request_context(request: Request, call_next: Callable[[Request], Any]) -> Response:
         request_id = new_request_id(request.headers.get("x-request-id"))
@@ -301,8 +305,6 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
                 },
             )
             REQUEST_ID.reset(token)
-
-    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -62,7 +62,7 @@ class TemporaryPostgres:
     def url(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str | Path) -> None:
         command = [str(a) for a in args]
         if self._as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
