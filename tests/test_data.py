@@ -176,3 +176,11 @@ def test_user_histories_are_chronological_slices() -> None:
     assert one["timestamp"].is_monotonic_increasing
     with pytest.raises(UnknownUserError):
         histories.for_user("nobody")
+
+
+def test_user_histories_of_an_empty_log_know_no_user() -> None:
+    from agent.data.loading import UserHistories, clean_events
+
+    empty = clean_events(pd.DataFrame({"user_id": [], "item_id": [], "behavior": [], "timestamp": []})).frame
+    histories = UserHistories(empty)
+    assert len(histories) == 0 and "u1" not in histories

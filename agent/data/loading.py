@@ -486,7 +486,7 @@ class UserHistories:
             starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
         else:
             starts = np.array([], dtype=np.int64)
-        ends = np.r_[starts[1:], len(users)]
+        ends = np.r_[starts[1:], len(users)] if len(users) else starts  # no users: no spans
         self._frame = ordered
         self._columns = ColumnSlicer(ordered)
         self._span: dict[str, tuple[int, int]] = {

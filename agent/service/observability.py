@@ -56,6 +56,8 @@ class JsonFormatter(logging.Formatter):
             payload.update(fields)
         else:
             payload["message"] = record.getMessage()
+        if record.exc_info:  # for the operator's log only; clients get the typed error body
+            payload["exception"] = self.formatException(record.exc_info)
         return json.dumps(payload, ensure_ascii=False)
 
 
