@@ -141,7 +141,10 @@ class SQLiteDatabase(Database):
             self._connection.row_factory = sqlite3.Row
             if path != ":memory:":
                 # WAL: readers never block the writer; a crash mid-write is rolled back on open.
+                # synchronous=NORMAL: a commit survives the process being killed (it is in the
+                # OS's hands), not a power cut; it spares one fsync per request.
                 self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute("PRAGMA synchronous=NORMAL")
             self._connection.execute("PRAGMA foreign_keys=ON")
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite store {path}: {exc}") from None
