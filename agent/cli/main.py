@@ -157,6 +157,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "agent.cli.evaluate",
     "agent.cli.fusion",
     "agent.cli.serve",
+    "agent.cli.mcp",
 )
 
 

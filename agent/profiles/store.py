@@ -514,3 +514,11 @@ class SQLiteStore(Store):
             "UNION SELECT user_id FROM recommendations ORDER BY user_id"
         )
         return [row["user_id"] for row in rows]
+
+    def recent_recommendations(self, user_id: str, limit: int = 5) -> list[ServedRecommendation]:
+        """The latest ``limit`` lists served to ``user_id``, newest first."""
+        rows = self._read(
+            "SELECT recommendation_id FROM recommendations WHERE user_id = ? ORDER BY seq DESC LIMIT ?",
+            (user_id, limit),
+        )
+        return [r for row in rows if (r := self.recommendation(row["recommendation_id"])) is not None]

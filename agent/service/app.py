@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -38,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent import errors
@@ -53,6 +55,7 @@ from agent.recommender import AgentConfig, RecommendationResult
 from agent.service import api_models as m
 from agent.service.config import ServiceConfig
 from agent.service.keys import Principal, authenticate
+from agent.service.mcp_http import McpEndpoint
 from agent.service.observability import REQUEST_ID, Metrics, access_log, new_request_id
 from agent.service.ratelimit import RateLimiter
 from agent.service.runtime import TenantRuntime
@@ -245,7 +248,15 @@ def _hash_body(payload: Any) -> str:
 def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | None) -> FastAPI:
     """The API over ``store`` (migrated) answering with ``client`` (None: retriever only)."""
     service = Service(config, store, client)
+    mcp = McpEndpoint(service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with mcp.lifespan():  # the MCP transport's task group lives as long as the app
+            yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="recagent",
         version=API_VERSION,
         summary="Behavior profiles and grounded, explained recommendations over a REST API.",
@@ -256,6 +267,8 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
         responses=ERRORS,
     )
     app.state.service = service
+    # MCP over streamable HTTP (agent.service.mcp_http): its own auth guard, same keys/tenants.
+    app.router.routes.append(Route("/mcp", endpoint=mcp, methods=["GET", "POST", "DELETE"]))
     if config.cors_origins:
         app.add_middleware(
             CORSMiddleware,
