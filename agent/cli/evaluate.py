@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.options import output_dir
 from agent.errors import ConfigError, Usage
 
 if TYPE_CHECKING:  # the evaluation machinery (pandas, scikit-learn...) loads only when it runs
@@ -90,7 +91,9 @@ def register(
     run.add_argument(
         "--fusion-users", type=int, default=200, help="--fusion fit: users to fit on (default 200)"
     )
-    run.add_argument("--out", type=Path, help="output directory (default out/eval/DATASET-PROTOCOL-SPLIT)")
+    run.add_argument(
+        "--out", type=output_dir, help="output directory (default out/eval/DATASET-PROTOCOL-SPLIT)"
+    )
     run.add_argument("--yes", action="store_true", help="do not ask before paid model calls")
     common(parser)
     return {"evaluate": cmd_evaluate}

@@ -17,7 +17,7 @@ from agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.data.loading import Loaded
-    from agent.llm.client import ChatClient
+    from agent.llm.client import ChatClient, LLMConfig
     from agent.profiles.store import Store
     from agent.ranking.fusion import FusionWeights
 
@@ -44,6 +44,18 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "-v", "--verbose", action="store_true", help="print cleaning reports and progress to stderr"
     )
+
+
+def output_dir(text: str) -> Path:
+    """An argparse ``type=`` for ``--out DIR``: a directory or a path not yet there.
+
+    An existing file would otherwise surface deep in the run as a ``FileExistsError``
+    traceback; as a type error it is the one usage line (exit 2) before any work.
+    """
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return path
 
 
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -73,6 +85,36 @@ def add_ranking_args(parser: argparse.ArgumentParser, *, allow_fit: bool = False
         metavar="B",
         help="rank B shuffled candidate orders (B model calls) and merge them by Borda count (default 1)",
     )
+
+
+def check_k(k: int, flag: str = "-k") -> int:
+    """``k`` within ``agent.recommender.MAX_K``; a ``ConfigError`` naming the option otherwise."""
+    from agent.recommender import MAX_K
+
+    if k < 1:
+        raise ConfigError(f"{flag} must be at least 1")
+    if k > MAX_K:
+        raise ConfigError(f"{flag} must be at most {MAX_K}, got {k}")
+    return k
+
+
+def model_failed_exit(result: Any) -> int:
+    """The exit code of a command that printed ``result``: 5 (model/API) when a model was
+    configured but every call failed and the retriever's order was served instead, else 0.
+
+    The output is still printed (it is usable), but a refused connection, an exhausted quota
+    or a wrong endpoint must not look like success to a script; the line says what happened.
+    """
+    from agent.errors import ModelError
+
+    if getattr(result, "model_error", None):
+        print(
+            f"recagent: error: every model call failed, the output is the retriever's fallback "
+            f"({result.fallback_reason})",
+            file=sys.stderr,
+        )
+        return ModelError.exit_code
+    return 0
 
 
 def fusion_weights(text: str) -> FusionWeights | None:
@@ -137,15 +179,24 @@ def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -
 _OPEN_CLIENTS: list[ChatClient] = []
 
 
+def model_settings(args: argparse.Namespace) -> LLMConfig:
+    """The model settings of ``args`` and the environment, checked (``LLMConfig`` raises
+    ``ConfigError`` for a malformed base URL, a bad timeout or an empty model name).
+
+    Commands call it before loading data, so a typo never costs a load nor looks like a run.
+    """
+    from agent.llm.client import LLMConfig
+
+    return LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
+
+
 def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[ChatClient | None, str]:
     """The chat client for ``args`` and a one-line description of where answers come from.
 
     Clients made here are closed by ``close_clients`` (``main`` calls it when the command ends).
     """
-    from agent.llm.client import LLMConfig
-
     backend = args.backend or default_backend
-    config = LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
+    config = model_settings(args)
     if backend == "fallback":
         return None, "No model: recommendations come from the retriever alone (--backend fallback)."
     import httpx2  # the HTTP stack and the SDK load only for commands that talk to a model

@@ -502,6 +502,10 @@ class UserHistories:
     def __iter__(self) -> Iterator[str]:
         return iter(self._span)
 
+    def empty(self) -> pd.DataFrame:
+        """No events, with the log's columns (the history of a user new to the log)."""
+        return self._frame.iloc[0:0]
+
     def for_user(self, user_id: str) -> pd.DataFrame:
         """The user's events, oldest first. Raises ``UnknownUserError`` for an unknown user."""
         start, end = self.require(user_id)

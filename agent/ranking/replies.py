@@ -33,7 +33,10 @@ from agent.ranking.fusion import FusionWeights, RankedList, fuse
 from agent.ranking.grounding import GroundedRanking, ground
 from agent.ranking.position_bias import borda, input_order_copy_rate
 
-Source = Literal["llm", "retriever", "fallback"]
+Source = Literal["llm", "retriever", "fallback", "cold_start"]
+"""Where a recommended item came from: ``llm`` (the model placed it), ``retriever`` (back-fill
+or fused in by the retriever), ``fallback`` (no model, or the model failed) and
+``cold_start`` (the user has no history: popular or query-matched items)."""
 
 
 class Recommendation(BaseModel):
@@ -63,6 +66,10 @@ class RecommendationResult(BaseModel):
     model's order back-filled by the retriever (or no model at all)."""
     orders: int = 1
     """How many shuffled candidate orders the model ranked (bootstrap); 0 when no model ranked."""
+    model_error: str | None = None
+    """The error type (e.g. ``TransportError``) when a model was configured but every call
+    for this result failed and the retriever's order was served instead; None otherwise.
+    The command line exits 5 when it is set, so a dead endpoint never looks like success."""
 
 
 class ProfileResult(BaseModel):

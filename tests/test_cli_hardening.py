@@ -1,0 +1,263 @@
+"""Issue 20: a newcomer's trial of main. Each test names the finding it covers.
+
+Every error here must be one line, ``recagent: error: ...``, with the documented exit code
+(``agent.errors``) and no traceback, through ``main`` and (where it matters) the installed
+console script.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import main
+from agent.testing.loopback import Fault, LoopbackServer
+from tests.conftest import ROOT, SAMPLE
+
+DATA = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")]
+RECAGENT = Path(sys.executable).parent / "recagent"
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``recagent ARGS`` in-process; argparse exits count too."""
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str, fragment: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("recagent: error:") and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+# -- 1. timeouts ---------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_1_bad_timeout_flag_is_a_config_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["recommend", *DATA, "--user", "u001", "--timeout", value], capsys)
+    assert code == 2
+    assert_one_line_error(err, "timeout")
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "0"])
+def test_1_bad_recagent_timeout_is_a_config_error(
+    value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECAGENT_TIMEOUT", value)
+    code, _, err = run(["recommend", *DATA, "--user", "u001", "--backend", "fallback"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "RECAGENT_TIMEOUT")
+
+
+# -- 2. batch --out on an existing file ------------------------------------------------------
+def test_2_batch_out_on_an_existing_file_is_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "items.csv"
+    target.write_text("not a directory\n")
+    proc = subprocess.run(
+        [str(RECAGENT), "batch", *DATA, "--out", str(target), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, "is not a directory")
+    assert target.read_text() == "not a directory\n"
+
+
+@pytest.mark.parametrize("command", [["openai-batch", "status"], ["openai-batch", "collect"]])
+def test_2_openai_batch_out_on_an_existing_file_is_one_line(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run([*command, "--out", str(target)], capsys)
+    assert code == 2
+    assert_one_line_error(err, "is not a directory")
+
+
+# -- 3. the Python API without a key ---------------------------------------------------------
+def test_3_chat_client_without_key_or_base_url_fails_fast() -> None:
+    from agent import ChatClient, ConfigError, LLMConfig
+    from agent.llm.async_client import AsyncChatClient
+
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        ChatClient(LLMConfig())
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        AsyncChatClient(LLMConfig())
+    ChatClient(LLMConfig(base_url="http://127.0.0.1:9/v1")).close()  # a local server needs no key
+
+
+# -- 4. malformed base URLs, and a run whose every model call failed ------------------------
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "not a url", "ftp://host/v1", "http://"])
+def test_4_malformed_base_url_is_a_config_error_before_any_work(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["recommend", *DATA, "--user", "u001", "--base-url", url], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "is not an http(s) URL")
+
+
+def test_4_malformed_openai_base_url_env_is_a_config_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "localhost:8000/v1")
+    code, _, err = run(["profile", *DATA, "--user", "u001"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "did you mean http://localhost:8000/v1")
+
+
+def test_4_recommend_whose_model_calls_all_failed_exits_5_with_the_fallback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with LoopbackServer(faults=[Fault.insufficient_quota()] * 4) as server:
+        args = ["recommend", *DATA, "--user", "u001", "-k", "3", "--base-url", server.base_url]
+        code, out, err = run(args, capsys)
+    assert code == 5
+    result = json.loads(out)  # the fallback is still printed: it is usable
+    assert [item["source"] for item in result["items"]] == ["fallback"] * 3
+    assert result["model_error"] == "QuotaExceededError"
+    errors = [line for line in err.splitlines() if line.startswith("recagent: error:")]
+    assert len(errors) == 1 and "every model call failed" in errors[0]
+
+
+def test_4_fallback_backend_is_still_success(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["recommend", *DATA, "--user", "u001", "--backend", "fallback", "-k", "2"], capsys)
+    assert code == 0 and json.loads(out)["model_error"] is None
+
+
+# -- 5. k has a documented maximum -------------------------------------------------------------
+@pytest.mark.parametrize("command", ["recommend", "chat", "batch"])
+def test_5_k_above_the_maximum_is_a_config_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = {"recommend": ["--user", "u001"], "chat": ["--user", "u001"], "batch": ["--out", str(tmp_path)]}
+    code, _, err = run([command, *DATA, *extra[command], "-k", "100000", "--backend", "fallback"], capsys)
+    assert code == 2
+    assert_one_line_error(err, "-k must be at most 100")
+
+
+def test_5_library_rejects_k_above_max_k() -> None:
+    from agent.data.loading import align_catalog, load_events, load_items
+    from agent.errors import InvalidArgumentError
+    from agent.recommender import MAX_K, RecommenderAgent
+
+    items = load_items(SAMPLE / "items.csv")
+    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
+    agent = RecommenderAgent(events.frame, items.frame, None)
+    assert len(agent.recommend("u001", k=MAX_K).items) <= MAX_K
+    with pytest.raises(InvalidArgumentError, match="at most"):
+        agent.recommend("u001", k=MAX_K + 1)
+    with pytest.raises(ValueError):  # InvalidArgumentError is a ValueError, as k < 1 always was
+        agent.recommend("u001", k=0)
+
+
+# -- 6. argparse errors are one line -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["recommend", *DATA, "--user", "u001", "-k", "abc"], "invalid int value: 'abc'"),
+        (["recommend", *DATA, "--user", "u001", "--backend", "foo"], "invalid choice: 'foo'"),
+        (["recommend", *DATA], "the following arguments are required: --user"),
+        (["no-such-command"], "invalid choice"),
+        ([], "required: command"),
+    ],
+)
+def test_6_usage_errors_are_one_line_exit_2(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert_one_line_error(err, fragment)
+    assert "usage:" not in err
+
+
+def test_6_help_still_prints_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["recommend", "--help"], capsys)
+    assert code == 0 and "usage: recagent recommend" in out
+
+
+# -- 7. templates directory and empty model ----------------------------------------------------
+def test_7_missing_template_dir_is_a_template_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RECAGENT_TEMPLATES", "/nonexistent")
+    code, _, err = run(["recommend", *DATA, "--user", "u001", "--backend", "fallback"], capsys)
+    assert code == 4
+    assert_one_line_error(err, "template directory not found: /nonexistent")
+
+
+@pytest.mark.parametrize("model", ["", "  "])
+def test_7_empty_model_is_a_config_error(model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["recommend", *DATA, "--user", "u001", "--model", model], capsys)
+    assert code == 2
+    assert_one_line_error(err, "model name is empty")
+
+
+# -- 15. cold start ------------------------------------------------------------------------------
+def test_15_recommend_for_a_new_user_serves_cold_start(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["recommend", *DATA, "--user", "newcomer", "--backend", "fallback", "-k", "4"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert [item["source"] for item in result["items"]] == ["cold_start"] * 4
+    assert "cold start" in result["fallback_reason"] and "popular" in result["fallback_reason"]
+
+
+def test_15_cold_start_with_a_model_makes_no_call_and_follows_the_query(
+    standin_server: LoopbackServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["recommend", *DATA, "--user", "newcomer", "-k", "3", "--query", "ultralight tent"]
+    code, out, _ = run([*args, "--base-url", standin_server.base_url], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert all(item["source"] == "cold_start" for item in result["items"])
+    assert all("Tent" in item["title"] for item in result["items"])
+    assert not standin_server.requests
+
+
+def test_15_chat_for_a_new_user_answers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a board game\n"))
+    code, out, _ = run(
+        ["chat", "--user", "newcomer", "--backend", "fallback", "--json", "--db", ":memory:"], capsys
+    )
+    assert code == 0
+    reply = json.loads(out.splitlines()[0])
+    assert reply["recommendations"] and all(r["source"] == "cold_start" for r in reply["recommendations"])
+    assert all("Board Game" in r["title"] for r in reply["recommendations"])
+
+
+def test_15_library_cold_start_is_documented_and_can_be_switched_off() -> None:
+    from agent.data.loading import align_catalog, load_events, load_items
+    from agent.errors import UnknownUserError
+    from agent.recommender import AgentConfig, RecommenderAgent
+
+    items = load_items(SAMPLE / "items.csv")
+    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
+    agent = RecommenderAgent(events.frame, items.frame, None)
+    result = agent.recommend("never-seen", k=5)
+    assert [r.source for r in result.items] == ["cold_start"] * 5
+    assert result.model_error is None and result.fallback_reason
+    strict = RecommenderAgent(events.frame, items.frame, None, AgentConfig(cold_start=False))
+    with pytest.raises(UnknownUserError):
+        strict.recommend("never-seen", k=5)
+    with pytest.raises(UnknownUserError):  # nothing to profile
+        agent.prepare_profile("never-seen")
+
+
+# -- 20. --version ---------------------------------------------------------------------------------
+def test_20_version() -> None:
+    proc = subprocess.run([str(RECAGENT), "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("recagent 0.")
