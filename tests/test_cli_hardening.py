@@ -261,3 +261,109 @@ def test_20_version() -> None:
     proc = subprocess.run([str(RECAGENT), "--version"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert proc.stdout.startswith("recagent 0.")
+
+
+# -- 10. encoding errors: the true offset and row, and --encoding ------------------------------
+def _latin1_events(tmp_path: Path, row: int) -> tuple[Path, int]:
+    """The sample events with a Latin-1 byte (0xe9) at the end of data row ``row``; (path, offset)."""
+    lines = (SAMPLE / "events.csv").read_bytes().splitlines(keepends=True)
+    before = b"".join(lines[:row])  # the header and the rows before
+    target = lines[row].rstrip(b"\n")
+    path = tmp_path / "events_latin1.csv"
+    path.write_bytes(before + target[:-1] + b"\xe9\n" + b"".join(lines[row + 1 :]))
+    return path, len(before) + len(target) - 1
+
+
+def test_10_encoding_error_names_the_true_offset_and_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, offset = _latin1_events(tmp_path, 2000)
+    assert offset > 60_000  # far past the parser's first chunk, where "byte 3" came from
+    args = ["recommend", "--events", str(path), "--items", str(SAMPLE / "items.csv"), "--user", "u001"]
+    code, _, err = run([*args, "--backend", "fallback"], capsys)
+    assert code == 3
+    assert_one_line_error(err, f"at offset {offset} (line 2001)")
+    assert "row 2000" in err and "--encoding" in err
+
+
+def test_10_encoding_error_in_jsonl_names_the_line(tmp_path: Path) -> None:
+    from agent.data.loading import load_events
+    from agent.errors import DataError
+
+    path = tmp_path / "events.jsonl"
+    good = '{"user_id": "u1", "item_id": "A", "behavior": "view", "timestamp": 1}\n'
+    path.write_bytes(good.encode() * 3 + b'{"user_id": "u\xe9", "item_id": "A"}\n')
+    with pytest.raises(DataError, match=rf"offset {len(good) * 3 + 14} \(line 4\)") as info:
+        load_events(path)
+    assert info.value.row == 4
+
+
+def test_10_encoding_option_reads_a_latin1_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = _latin1_events(tmp_path, 2000)
+    args = ["recommend", "--events", str(path), "--items", str(SAMPLE / "items.csv"), "--user", "u001"]
+    code, out, _ = run([*args, "--backend", "fallback", "--encoding", "latin-1", "-k", "2"], capsys)
+    assert code == 0 and len(json.loads(out)["items"]) == 2
+    code, _, err = run([*args, "--backend", "fallback", "--encoding", "no-such-codec"], capsys)
+    assert code == 3
+    assert_one_line_error(err, "unknown encoding 'no-such-codec'")
+
+
+# -- 11. directories and other delimiters -------------------------------------------------------
+def test_11_a_directory_is_not_reported_as_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["recommend", "--events", str(tmp_path), "--items", str(SAMPLE / "items.csv"), "--user", "u001"]
+    code, _, err = run([*args, "--backend", "fallback"], capsys)
+    assert code == 3
+    assert_one_line_error(err, "is a directory, not a data file")
+    assert "not found" not in err
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_11_csv_with_another_delimiter_is_sniffed(
+    sep: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        sep.join(["user_id", "item_id", "behavior", "timestamp"])
+        + "\n"
+        + "".join(
+            sep.join(["u1", item, "purchase", str(1_700_000_000 + n)]) + "\n"
+            for n, item in enumerate(["SKU-10014", "SKU-10080"])
+        )
+    )
+    args = ["recommend", "--events", str(path), "--items", str(SAMPLE / "items.csv"), "--user", "u1"]
+    code, out, err = run([*args, "--backend", "fallback", "-k", "2"], capsys)
+    assert code == 0, err
+    assert all(item["source"] == "fallback" for item in json.loads(out)["items"])
+
+
+def test_11_unreadable_header_names_the_delimiter(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from agent.data.loading import clean_events
+    from agent.errors import DataError
+
+    frame = pd.DataFrame({"user_id;item_id;behavior;timestamp": ["u1;A;view;1"]})
+    with pytest.raises(DataError, match="semicolon-separated"):
+        clean_events(frame, file="events.txt")
+
+
+# -- 12. feedback --signal rating without --value ------------------------------------------------
+def test_12_rating_without_value_names_the_value_option(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "feedback",
+        *DATA,
+        "--user",
+        "u001",
+        "--item",
+        "SKU-10014",
+        "--signal",
+        "rating",
+        "--db",
+        ":memory:",
+    ]
+    code, _, err = run(args, capsys)
+    assert code == 3
+    assert_one_line_error(err, "--value")
+    assert "'event'" not in err and "column 'value'" in err

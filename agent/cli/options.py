@@ -61,6 +61,11 @@ def output_dir(text: str) -> Path:
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--events", type=Path, required=required, help="behavior log (.csv/.jsonl/.parquet)")
     parser.add_argument("--items", type=Path, required=required, help="item catalog (.csv/.jsonl/.parquet)")
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of --events and --items (default utf-8; e.g. latin-1)",
+    )
 
 
 FUSION_HELP = (
@@ -166,8 +171,9 @@ def store_for(args: argparse.Namespace) -> Store | None:
 def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
     from agent.data.loading import align_catalog, load_events, load_items  # pandas: only when needed
 
-    items = load_items(items_path)
-    events = align_catalog(load_events(events_path), items)
+    encoding = getattr(args, "encoding", "utf-8")
+    items = load_items(items_path, encoding=encoding)
+    events = align_catalog(load_events(events_path, encoding=encoding), items)
     if args.verbose:
         for report in (events.report, items.report):
             print("cleaning: " + report.summary(), file=sys.stderr)
