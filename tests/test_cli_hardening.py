@@ -450,3 +450,18 @@ def test_9_miss_names_a_changed_template(tmp_path: Path, capsys: pytest.CaptureF
     )
     assert code == 5
     assert_one_line_error(err, f"--record {own}")
+
+
+# -- 19. fusion-fit says why it sampled fewer users than asked -------------------------------------
+def test_19_fusion_fit_explains_skipped_users(
+    standin_server: LoopbackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fusion-fit", *DATA, "--out", str(tmp_path / "fusion.json"), "--users", "50", "--min-lists", "1"]
+    code, out, err = run([*args, "--base-url", standin_server.base_url], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["users_requested"] == 50
+    assert report["users_sampled"] == report["users_eligible"] < 50
+    assert sum(report["users_not_eligible"].values()) == 50 - report["users_eligible"]
+    assert f"sampled {report['users_sampled']} of the 50 users requested" in err
+    assert "not eligible:" in err

@@ -69,5 +69,7 @@ def cmd_fusion_fit(args: argparse.Namespace) -> int:
         note=report.note,
     )
     print(json.dumps(report.as_dict(), indent=2))
+    if report.why_fewer():
+        print(f"recagent: {report.why_fewer()}", file=sys.stderr)
     print(f"wrote {args.out}: {report.note}", file=sys.stderr)
     return 0
