@@ -465,3 +465,60 @@ def test_19_fusion_fit_explains_skipped_users(
     assert sum(report["users_not_eligible"].values()) == 50 - report["users_eligible"]
     assert f"sampled {report['users_sampled']} of the 50 users requested" in err
     assert "not eligible:" in err
+
+
+# -- 16, 17, 18. evaluate: --json, progress and wall time, no trivial cut-offs --------------------------
+def _evaluate(tmp_path: Path, *extra: str) -> list[str]:
+    from tests.test_evaluate import write_generic
+
+    data = write_generic(tmp_path / "data")
+    return ["evaluate", "--dataset", "generic", "--path", str(data), "--backend", "fallback", *extra]
+
+
+def test_16_evaluate_json_prints_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        [*_evaluate(tmp_path, "--out", str(tmp_path / "run"), "-k", "1,5"), "--json"], capsys
+    )
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["ks"] == [1, 5] and payload["users"] > 0
+    assert set(payload["metrics"]) == {"random", "popularity", "retriever"}
+    assert {"mean", "ci95"} <= set(payload["metrics"]["retriever"]["hit@5"])
+
+
+def test_16_readme_names_the_commands_that_print_text() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for command in ("`evaluate`", "`chat`", "`demo`"):
+        assert command in readme.split("### Input files")[0], command
+    assert "--json" in readme.split("### Input files")[0]
+
+
+def test_17_evaluate_verbose_shows_every_step_and_the_wall_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run([*_evaluate(tmp_path, "--out", str(tmp_path / "run")), "-v"], capsys)
+    assert code == 0, err
+    for step in ("loading generic", "fitting the retriever", "building the candidate sets", "ranking"):
+        assert step in err, step
+    assert "scoring and writing" in err and "wall time" in err
+    run_json = json.loads((tmp_path / "run" / "run.json").read_text())
+    timings = run_json.get("timings") or run_json.get("run", {}).get("timings")
+    wall = float(err.rsplit("wall time", 1)[1].split()[0])
+    assert timings is None or wall >= timings["total"]
+
+
+def test_18_cutoffs_at_or_above_the_candidate_count_are_not_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _evaluate(tmp_path, "--out", str(tmp_path / "run"), "--negatives", "9", "-k", "1,5,10,20")
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert "hit@5" in out and "hit@10" not in out and "hit@20" not in out
+    assert "cut-offs 10, 20 not reported" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "hit@10" not in metrics["retriever"] and "hit@5" in metrics["retriever"]
+    code, _, err = run(
+        _evaluate(tmp_path, "--out", str(tmp_path / "r2"), "--negatives", "4", "-k", "5,10"), capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, "every -k value (5, 10) is >= the 5 candidates per user")
