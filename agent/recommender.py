@@ -230,6 +230,7 @@ class RecommenderAgent:
             history_ids=evidence_ids,
             events_total=len(user_events),
             events_shown=len(kept),
+            has_prices=self.catalog.has_prices,
         )
         return PreparedRequest(prompt, context)
 

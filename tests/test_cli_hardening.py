@@ -522,3 +522,43 @@ def test_18_cutoffs_at_or_above_the_candidate_count_are_not_reported(
     )
     assert code == 2
     assert_one_line_error(err, "every -k value (5, 10) is >= the 5 candidates per user")
+
+
+# -- 13. profile price ranges are validated, and no price facts without prices -------------------------
+def _profile_reply(low: float | None, high: float | None) -> str:
+    from tests.conftest import valid_profile_json
+
+    profile = json.loads(valid_profile_json())
+    profile["patterns"].update(typical_price_min=low, typical_price_max=high)
+    return json.dumps(profile)
+
+
+def test_13_a_reversed_price_range_is_re_asked_then_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.testing.loopback import Reply
+
+    with LoopbackServer(responder=lambda body: Reply(content=_profile_reply(0.658, 0.064))) as server:
+        code, out, err = run(["profile", *DATA, "--user", "u001", "--base-url", server.base_url], capsys)
+        sent = len(server.requests)
+    assert code == 5 and out == ""
+    assert_one_line_error(err, "typical_price_min (0.658) is above typical_price_max (0.064)")
+    assert sent == 3  # the first reply and two re-asks carrying the validation error
+
+
+def test_13_a_catalog_without_prices_gives_no_price_facts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pandas as pd
+
+    from agent.testing.loopback import Reply
+
+    items = pd.read_csv(SAMPLE / "items.csv", dtype=str).drop(columns=["price"])
+    path = tmp_path / "items.csv"
+    items.to_csv(path, index=False)
+    args = ["profile", "--events", str(SAMPLE / "events.csv"), "--items", str(path), "--user", "u001"]
+    # a model that reads ratings (1-5) as what the user pays
+    with LoopbackServer(responder=lambda body: Reply(content=_profile_reply(1.0, 4.5))) as server:
+        code, out, err = run([*args, "--base-url", server.base_url, "--db", ":memory:"], capsys)
+    assert code == 0, err
+    patterns = json.loads(out)["profile"]["patterns"]
+    assert patterns["price_sensitivity"] == "unknown"
+    assert patterns["typical_price_min"] is None and patterns["typical_price_max"] is None

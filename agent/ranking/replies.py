@@ -115,6 +115,8 @@ class ReplyContext(BaseModel):
     k: int = 0
     fusion: FusionWeights | None = None
     """recommend: the blend of model rank and retriever score; None keeps the model's order."""
+    has_prices: bool = True
+    """profile: False when the catalog has no prices; the profile then keeps no price facts."""
 
     def output_model(self) -> type[BaseModel]:
         """The reply model, with enums of this request's ids."""
@@ -141,10 +143,17 @@ def interpret_reply(
 
 
 def interpret_profile(context: ReplyContext, reply: StructuredReply[Any]) -> ProfileResult:
-    """A ``ProfileResult`` from a validated profile reply."""
+    """A ``ProfileResult`` from a validated profile reply.
+
+    For a catalog without prices (``context.has_prices`` False) the price facts are dropped
+    (sensitivity ``unknown``, no range): whatever the model made of ratings or other values,
+    it cannot be a price the user pays."""
+    profile = BehaviorProfile.model_validate(reply.value.model_dump())
+    if not context.has_prices:
+        profile = profile.model_copy(update={"patterns": profile.patterns.without_prices()})
     return ProfileResult(
         user_id=context.user_id,
-        profile=BehaviorProfile.model_validate(reply.value.model_dump()),
+        profile=profile,
         events_total=context.events_total,
         events_shown=context.events_shown,
         model=reply.model,
