@@ -562,3 +562,62 @@ def test_13_a_catalog_without_prices_gives_no_price_facts(
     patterns = json.loads(out)["profile"]["patterns"]
     assert patterns["price_sensitivity"] == "unknown"
     assert patterns["typical_price_min"] is None and patterns["typical_price_max"] is None
+
+
+# -- 14. the default store is per data set, and created only when something is written ---------------
+@pytest.fixture
+def default_store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No RECAGENT_DB: the default location, redirected into tmp_path (platformdirs reads XDG)."""
+    monkeypatch.delenv("RECAGENT_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg"
+
+
+def test_14_profiles_are_stored_per_data_set(
+    default_store_home: Path,
+    standin_server: LoopbackServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    catalogs = []
+    for name in ("shop_a", "shop_b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "items.csv").write_bytes((SAMPLE / "items.csv").read_bytes())
+        catalogs.append(folder / "items.csv")
+    a = ["--events", str(SAMPLE / "events.csv"), "--items", str(catalogs[0])]
+    code, _, err = run(["profile", *a, "--user", "u001", "--base-url", standin_server.base_url], capsys)
+    assert code == 0, err
+    code, out, _ = run(["profile", "show", "--user", "u001", "--items", str(catalogs[0])], capsys)
+    assert code == 0 and json.loads(out)["version"] == 1
+    code, _, err = run(["profile", "show", "--user", "u001", "--items", str(catalogs[1])], capsys)
+    assert code == 3
+    assert_one_line_error(err, "no stored profile for user 'u001'")
+    stores = sorted(p.name for p in default_store_home.rglob("*.sqlite"))
+    assert len(stores) == 1 and stores[0].startswith("items-")
+
+
+def test_14_a_failed_command_creates_no_store(
+    default_store_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.testing.loopback import Fault
+
+    with LoopbackServer(faults=[Fault.http(401)] * 4) as server:
+        code, _, err = run(["recommend", *DATA, "--user", "u001", "--base-url", server.base_url], capsys)
+    assert code == 5, err
+    code, _, _ = run(["profile", "history", "--user", "u001", "--items", str(SAMPLE / "items.csv")], capsys)
+    assert code == 3
+    assert not list(default_store_home.rglob("*.sqlite"))
+
+
+def test_14_explicit_db_is_created_on_first_write_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "mine.sqlite"
+    code, _, _ = run(["profile", "show", "--user", "u001", "--db", str(db)], capsys)
+    assert code == 3 and not db.exists()
+    code, _, err = run(
+        ["recommend", *DATA, "--user", "u001", "--backend", "fallback", "--db", str(db)], capsys
+    )
+    assert code == 0, err
+    assert db.exists()  # the served recommendation was written

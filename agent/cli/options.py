@@ -143,7 +143,9 @@ def bootstrap_orders(value: int) -> int:
 
 def add_db_arg(parser: argparse.ArgumentParser, *, memory_default: bool = False) -> None:
     default = (
-        "an in-memory store" if memory_default else "$RECAGENT_DB, else recagent.sqlite in the user data dir"
+        "an in-memory store"
+        if memory_default
+        else "$RECAGENT_DB, else one file per data set (--items) in the user data dir, created on first write"
     )
     parser.add_argument(
         "--db", help=f"profile store, a SQLite file (default: {default}; ':memory:' keeps nothing)"
@@ -160,12 +162,14 @@ def add_profile_store_args(parser: argparse.ArgumentParser) -> None:
 
 
 def store_for(args: argparse.Namespace) -> Store | None:
-    """The store named by ``--db`` (or the default one); None for commands without ``--db``."""
+    """The store named by ``--db``, else ``RECAGENT_DB``, else the default store of the data
+    set (``--items``), created on its first write (``agent.profiles.lazy``); None for
+    commands without ``--db``."""
     if not hasattr(args, "db"):
         return None
-    from agent.profiles.store import open_store
+    from agent.profiles.lazy import open_dataset_store
 
-    return open_store(args.db)
+    return open_dataset_store(args.db, getattr(args, "items", None))
 
 
 def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
