@@ -99,6 +99,20 @@ def test_3_chat_client_without_key_or_base_url_fails_fast() -> None:
     ChatClient(LLMConfig(base_url="http://127.0.0.1:9/v1")).close()  # a local server needs no key
 
 
+def test_3_readme_python_example_without_a_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's example line, run as written with no key set: a ConfigError at once."""
+    from agent import ChatClient, ConfigError, LLMConfig
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("client = ChatClient("))
+    with pytest.raises(ConfigError, match="no API key"):
+        exec(line.split("#")[0], {"ChatClient": ChatClient, "LLMConfig": LLMConfig})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-readme")
+    client = eval(line.split("=", 1)[1].split("#")[0], {"ChatClient": ChatClient, "LLMConfig": LLMConfig})
+    assert client.config.api_key == "sk-test-readme"  # the example does read the key it says it reads
+    client.close()
+
+
 # -- 4. malformed base URLs, and a run whose every model call failed ------------------------
 @pytest.mark.parametrize("url", ["localhost:8000/v1", "not a url", "ftp://host/v1", "http://"])
 def test_4_malformed_base_url_is_a_config_error_before_any_work(

@@ -148,7 +148,8 @@ def require_endpoint(config: LLMConfig, http_client: object | None) -> None:
     if config.api_key or config.base_url or http_client is not None:
         return
     raise errors.ConfigError(
-        "no API key: set OPENAI_API_KEY (or OPENAI_BASE_URL / LLMConfig(base_url=...) for a local server)"
+        "no API key: set OPENAI_API_KEY and use LLMConfig.from_env() (or give LLMConfig(api_key=...), "
+        "or base_url for a local server)"
     )
 
 
