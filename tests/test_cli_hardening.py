@@ -635,3 +635,21 @@ def test_14_explicit_db_is_created_on_first_write_only(
     )
     assert code == 0, err
     assert db.exists()  # the served recommendation was written
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["chat", "--user", "u001"],
+        ["fusion-fit", *DATA, "--out", "unused.json"],
+        ["evaluate", "--dataset", "generic", "--path", "/nonexistent-dataset"],
+        ["batch", *DATA, "--out", "unused-dir", "--dry-run"],
+    ],
+)
+def test_4_every_model_command_checks_the_base_url_before_any_work(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the evaluate data set does not exist: the URL is reported first, so it is checked first
+    code, out, err = run([*command, "--base-url", "localhost:8000/v1"], capsys)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "is not an http(s) URL")

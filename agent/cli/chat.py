@@ -76,6 +76,7 @@ def _build(args: argparse.Namespace, *, needs_model: bool) -> tuple[Any, Any, An
     from agent.chat.domains import load_domain, make_agent
 
     preset = load_domain(args.domain)
+    cli.model_settings(args)  # a bad URL, timeout or model name fails before loading anything
     if (args.events is None) != (args.items is None):
         raise ConfigError("give both --events and --items, or neither for the bundled data")
     if args.events is None:

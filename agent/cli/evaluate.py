@@ -326,7 +326,7 @@ def _backend(args: argparse.Namespace) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     started = time.perf_counter()  # wall time from the command's start, imports and all
     steps = _Steps(args.verbose, started)
-    from agent.cli.options import bootstrap_orders, fusion_weights, make_client
+    from agent.cli.options import bootstrap_orders, fusion_weights, make_client, model_settings
     from agent.evaluation.methods import (
         EXTRA_METHODS,
         AgentMethod,
@@ -360,6 +360,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("depth", "rerank", "concurrency", "fusion_users"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
+    if "agent" in wanted:
+        model_settings(args)  # a bad URL, timeout or model name fails before loading the data set
     timings: dict[str, float] = {}
     loaded = load_candidates(args.candidates) if args.candidates else None
     protocol = args.protocol or (loaded[0].get("protocol") if loaded else None) or DEFAULT_PROTOCOL
