@@ -317,8 +317,9 @@ class RecommenderAgent:
         self._require_user(user_id)
         rec_id = uuid.uuid4().hex
         if user_id not in self.histories:  # cold start: nothing to personalize on, no model call
-            basis = "the best matches to the query" if query else "popular items"
-            why = f"cold start: no events for this user yet, so {basis}"
+            # each item's own reason says which signal placed it (popularity or the query)
+            basis = "matches to the query and popularity" if query else "popularity"
+            why = f"cold start: no events for this user yet, ranked by {basis}"
             return self._fallback(rec_id, user_id, candidates, k, why, source="cold_start")
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")

@@ -65,7 +65,6 @@ class LazyStore(Store):
         with self._open_lock:
             if self._inner is None and (create or Path(self.path).exists()):
                 self._inner = SQLiteStore(self.path)
-                self._inner.conflicts = self.conflicts
             return self._inner
 
     def _writable(self) -> SQLiteStore:
