@@ -45,7 +45,9 @@ class OneLineParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(ConfigError.exit_code, f"recagent: error: {self.prog}: {message}\n")
+        command = self.prog.removeprefix("recagent").strip()  # "recommend", "openai-batch collect"
+        where = f"{command}: " if command else ""
+        self.exit(ConfigError.exit_code, f"recagent: error: {where}{message}\n")
 
 
 def _version() -> str:
