@@ -24,6 +24,12 @@ class ConfigError(RecommenderError):
     exit_code = 2
 
 
+class InvalidArgumentError(ConfigError, ValueError):
+    """An argument of a library call is out of its documented range (k, a count...).
+
+    A ``ValueError`` too, so callers that caught ``ValueError`` keep working."""
+
+
 class DataError(RecommenderError):
     """Input data cannot be used: unreadable file, missing column, bad values.
 

@@ -15,7 +15,15 @@ The flow of ``recommend`` (two stages, as the strongest published systems do):
    ``retriever`` or ``fallback``).
 
 With no client (``--backend fallback``) or when the model fails for good (transport, quota,
-budget), the retriever's ranking is returned with ``source="fallback"`` and the reason.
+budget), the retriever's ranking is returned with ``source="fallback"`` and the reason (and
+``model_error`` naming the failure when there was a client).
+
+**Cold start.** A user with no events (new, or unknown to this log) is not an error for
+``recommend``/``rank_candidates`` (``AgentConfig.cold_start``, on by default): the retriever's
+popularity ranking, or its match to ``query`` when one is given, is returned without a model
+call, every item marked ``source="cold_start"`` and ``fallback_reason`` saying so. There is no
+history to personalize on, so the model has nothing to add that the query does not already
+say. ``profile`` and ``refine`` still raise ``UnknownUserError`` (there is nothing to profile).
 
 With a ``store`` (``agent.profiles.store``) the feedback loop is on: ``profile`` saves a version,
 ``recommend``/``rank_candidates`` use the latest stored profile when none is given, never show
@@ -74,6 +82,7 @@ from agent.ranking.replies import (  # re-exported: the public result types live
 from agent.retrieval.candidates import Candidate, Retriever
 
 __all__ = [
+    "MAX_K",
     "AgentConfig",
     "CandidateInfo",
     "PreparedRequest",
@@ -90,6 +99,21 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+MAX_K = 100
+"""The most items one recommendation may hold. Ranking quality beyond a first screen is not
+what this agent is built or measured for, and a larger k silently became "the whole eligible
+catalog"; a larger k is an ``InvalidArgumentError``."""
+
+
+def check_k(k: int) -> int:
+    """``k`` if 1 <= k <= ``MAX_K``; ``InvalidArgumentError`` (a ``ConfigError`` and a ``ValueError``) otherwise."""
+    if k < 1:
+        raise errors.InvalidArgumentError("k must be at least 1")
+    if k > MAX_K:
+        raise errors.InvalidArgumentError(f"k must be at most {MAX_K}, got {k}")
+    return k
 
 
 @dataclass
@@ -112,6 +136,9 @@ class AgentConfig:
     bootstrap_orders: int = 1
     """Rank the candidates in this many shuffled orders (one model call each) and merge the
     rankings by Borda count, so no single input order decides (costs this many calls)."""
+    cold_start: bool = True
+    """Serve a user with no events popular (or query-matched) items marked ``cold_start``;
+    False raises ``UnknownUserError`` for them instead."""
 
 
 class RecommenderAgent:
@@ -203,6 +230,7 @@ class RecommenderAgent:
             history_ids=evidence_ids,
             events_total=len(user_events),
             events_shown=len(kept),
+            has_prices=self.catalog.has_prices,
         )
         return PreparedRequest(prompt, context)
 
@@ -217,10 +245,12 @@ class RecommenderAgent:
         """Top-``k`` grounded recommendations.
 
         When the model is unavailable (transport failure after retries, quota, budget) this
-        falls back to the retriever's order with ``fallback_reason`` set. Other model failures
-        (auth, bad request, refusal, truncated or still-invalid reply) raise their
-        ``ModelError``. Raises ``UnknownUserError`` for a user with no events and
-        ``ValueError`` for k < 1.
+        falls back to the retriever's order with ``fallback_reason`` and ``model_error`` set.
+        Other model failures (auth, bad request, refusal, truncated or still-invalid reply)
+        raise their ``ModelError``. A user with no events gets the cold-start list (popular
+        items, or the best matches to ``query``; ``source="cold_start"``, no model call), or
+        ``UnknownUserError`` when ``AgentConfig.cold_start`` is off. Raises
+        ``InvalidArgumentError`` (a ``ValueError``) unless 1 <= k <= ``MAX_K``.
         """
         candidates = self._candidates(user_id, k, query, exclude)
         return self.rank_candidates(user_id, candidates, k=k, query=query, profile=profile)
@@ -240,9 +270,8 @@ class RecommenderAgent:
     def _candidates(
         self, user_id: str, k: int, query: str | None, exclude: tuple[str, ...]
     ) -> list[Candidate]:
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        self.histories.require(user_id)  # UnknownUserError before any work
+        check_k(k)
+        self._require_user(user_id)  # UnknownUserError before any work (unless cold start)
         return self.retriever.candidates(
             user_id,
             n=max(self.config.n_candidates, k),
@@ -284,10 +313,14 @@ class RecommenderAgent:
         query: str | None,
         profile: BehaviorProfile | None,
     ) -> RecommendationResult:
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        self.histories.require(user_id)
+        check_k(k)
+        self._require_user(user_id)
         rec_id = uuid.uuid4().hex
+        if user_id not in self.histories:  # cold start: nothing to personalize on, no model call
+            # each item's own reason says which signal placed it (popularity or the query)
+            basis = "matches to the query and popularity" if query else "popularity"
+            why = f"cold start: no events for this user yet, ranked by {basis}"
+            return self._fallback(rec_id, user_id, candidates, k, why, source="cold_start")
         if self.client is None:
             return self._fallback(rec_id, user_id, candidates, k, "no model configured (--backend fallback)")
         if not candidates:  # e.g. the user consumed the whole catalog: nothing to ask the model
@@ -299,7 +332,9 @@ class RecommenderAgent:
                 replies.append(self.client.complete(request.prompt, request.context.output_model()))
         except (errors.TransportError, errors.QuotaExceededError, errors.BudgetExceededError) as exc:
             log.warning("model unavailable for a recommendation, using the retriever: %s", exc)
-            result = self._fallback(rec_id, user_id, candidates, k, f"{type(exc).__name__}: {exc}")
+            result = self._fallback(
+                rec_id, user_id, candidates, k, f"{type(exc).__name__}: {exc}", model_error=type(exc).__name__
+            )
             spent = errors.Usage()
             for reply in replies:  # bootstrap calls that did succeed were paid for
                 spent.add(reply.usage)
@@ -337,8 +372,7 @@ class RecommenderAgent:
         ``order`` picks the seeded shuffle of the candidates (0 = the default order; bootstrap
         ranks orders 0..B-1).
         """
-        if k < 1:
-            raise ValueError("k must be at least 1")
+        check_k(k)
         user_events = self.histories.columns(user_id)
         scrubber = self._scrubber()
         seed = f"{self.config.seed}:{user_id}" if order == 0 else f"{self.config.seed}:{user_id}:{order}"
@@ -438,6 +472,11 @@ class RecommenderAgent:
         return (info.title, info.category, info.price) if info else (None, None, None)
 
     # -- helpers -----------------------------------------------------------------------
+    def _require_user(self, user_id: str) -> None:
+        """``UnknownUserError`` for a user with no events, unless cold start serves them."""
+        if not self.config.cold_start:
+            self.histories.require(user_id)
+
     def _require_client(self, what: str) -> ChatClient:
         if self.client is None:
             raise errors.ConfigError(f"{what} needs a model; the fallback backend has none")
@@ -452,10 +491,18 @@ class RecommenderAgent:
         ]
 
     def _fallback(
-        self, rec_id: str, user_id: str, candidates: list[Candidate], k: int, why: str
+        self,
+        rec_id: str,
+        user_id: str,
+        candidates: list[Candidate],
+        k: int,
+        why: str,
+        *,
+        source: Source = "fallback",
+        model_error: str | None = None,
     ) -> RecommendationResult:
         out: list[Recommendation] = []
-        backfill(out, self._infos(candidates), k, "fallback")
+        backfill(out, self._infos(candidates), k, source)
         return RecommendationResult(
             recommendation_id=rec_id,
             user_id=user_id,
@@ -468,4 +515,5 @@ class RecommenderAgent:
             mode=None,
             usage=errors.Usage().as_dict(),
             orders=0,
+            model_error=model_error,
         )

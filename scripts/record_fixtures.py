@@ -1,4 +1,5 @@
-"""Re-record the demo cassette (fixtures/cassettes/demo.json).
+"""Re-record the demo cassette (fixtures/cassettes/demo.json): ``recagent demo`` and
+``recagent recommend --user U`` (sample data, default options) for each demo user.
 
 Default: answers come from the deterministic stand-in model (``agent.testing.standin_model``) served
 over real HTTP by ``agent.testing.loopback`` — this machine has no model API. With ``--live`` the
@@ -22,6 +23,8 @@ from agent.testing.loopback import LoopbackServer, Reply
 from agent.testing.standin_model import respond
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "sample"
+SAMPLE_ARGS = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")]
 
 
 def main() -> int:
@@ -33,12 +36,21 @@ def main() -> int:
     args = parser.parse_args()
     if args.out.exists():
         args.out.unlink()  # stale entries would never be matched again
-    demo = ["demo", "--backend", "openai", "--record", str(args.out)]
+    live = ["--backend", "openai", "--record", str(args.out)]
+    # What replay covers, as fixtures/README.md says: `recagent demo` (any of its users) and
+    # `recagent recommend --user U` on the sample data with default options, for U in the demo
+    # users; each run adds its exchanges to the same cassette.
+    # `demo --users U ...` runs its feedback loop for its first user U: record it for each.
+    runs = [["demo", *live]]
+    runs += [["demo", "--users", user, *live] for user in cli.DEMO_USERS[1:]]
+    runs += [
+        ["recommend", *SAMPLE_ARGS, "--user", user, "--db", ":memory:", *live] for user in cli.DEMO_USERS
+    ]
     if args.live:
-        return cli.main(demo)
+        return max(cli.main(run) for run in runs)
     with LoopbackServer(responder=lambda body: Reply(content=respond(body))) as server:
         os.environ["OPENAI_API_KEY"] = "stand-in"  # the loopback server ignores it; never recorded
-        return cli.main([*demo, "--base-url", server.base_url])
+        return max(cli.main([*run, "--base-url", server.base_url]) for run in runs)
 
 
 if __name__ == "__main__":

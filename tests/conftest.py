@@ -27,6 +27,7 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "RECAGENT_TEMPLATES",
         "RECAGENT_PRICES",
         "RECAGENT_PSEUDONYM_KEY",
+        "RECAGENT_TIMEOUT",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RECAGENT_DB", str(tmp_path / "recagent.sqlite"))

@@ -28,7 +28,7 @@ from agent.llm.cassette import Cassette, ReplayTransport
 from agent.llm.client import ChatClient, LLMConfig
 from agent.profiles.store import open_store
 from agent.prompting.schemas import strict_json_schema
-from agent.recommender import RecommenderAgent
+from agent.recommender import AgentConfig, RecommenderAgent
 from agent.retrieval.candidates import Candidate
 from agent.testing import standin_chat
 from agent.testing.loopback import Fault, LoopbackServer
@@ -136,8 +136,11 @@ def test_state_round_trips_as_json_and_is_bound_to_one_user(
         assert again.constraints.price_max is not None and again.constraints.price_max < 120
         with pytest.raises(errors.ConfigError, match="another user"):
             chat.send("u004", "hello", stored)
+        cold = chat.send("nobody", "hello")  # a new user gets cold-start items (issue 20, item 15)
+        assert all(r.source == "cold_start" for r in cold.recommendations)
+        strict = Conversation(RecommenderAgent(*frames, client, AgentConfig(cold_start=False)), k=2)
         with pytest.raises(errors.UnknownUserError):
-            chat.send("nobody", "hello")
+            strict.send("nobody", "hello")
 
 
 def test_messages_are_scrubbed_before_they_reach_the_model(frames: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -280,11 +283,12 @@ def test_cli_chat_text_mode_and_errors(
     monkeypatch.setattr(sys, "stdin", io.StringIO("coffee kettle\n"))
     assert main(["chat", "--user", USER, "--backend", "fallback", "--db", ":memory:"]) == 0
     assert "Here are 5 products" in capsys.readouterr().out
-    assert main(["chat", "--user", "nobody", "--backend", "fallback", "--db", ":memory:"]) == 3
+    # a user with no events is served cold-start items (issue 20, item 15), not an error
+    assert main(["chat", "--user", "nobody", "--backend", "fallback", "--db", ":memory:"]) == 0
     assert main(["chat", "--user", USER, "--backend", "fallback", "--assistant", "--db", ":memory:"]) == 2
     assert main(["chat", "--user", USER, "--backend", "fallback", "-k", "0"]) == 2
     assert (
         main(["chat", "--user", USER, "--events", str(SAMPLE / "events.csv"), "--backend", "fallback"]) == 2
     )
     errs = capsys.readouterr().err.strip().splitlines()
-    assert len(errs) == 4 and all(line.startswith("recagent: error:") for line in errs)
+    assert len(errs) == 3 and all(line.startswith("recagent: error:") for line in errs)

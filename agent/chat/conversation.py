@@ -174,12 +174,19 @@ class Conversation:
         self._categories = catalog_categories(agent)
 
     def send(self, user_id: str, message: str, state: ConversationState | None = None) -> ChatReply:
-        """Answer one message. Raises ``UnknownUserError``; model failures degrade (see module doc)."""
+        """Answer one message; model failures degrade (see module doc).
+
+        A user with no events is served cold-start items (``AgentConfig.cold_start``), or gets
+        ``UnknownUserError`` when that is off."""
         state = (state or ConversationState()).model_copy(deep=True)
         if state.user_id not in (None, user_id):
             raise errors.ConfigError("this conversation state belongs to another user")
         state.user_id = user_id
-        user_events = self.agent.histories.for_user(user_id)
+        histories = self.agent.histories
+        if user_id not in histories and not self.agent.config.cold_start:
+            histories.require(user_id)  # UnknownUserError
+        # a new user (cold start) has an empty history: the chat still filters and searches
+        user_events = histories.for_user(user_id) if user_id in histories else histories.empty()
         scrubber = Scrubber(enabled=self.agent.config.scrub_personal_data)
         text = scrubber.scrub(message.strip()) or ""
         update, how, usage = self._extract(user_events, state, text)

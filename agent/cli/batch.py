@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agent import errors
+from agent.cli.options import output_dir
 
 if TYPE_CHECKING:  # the batch machinery is imported only when a batch command runs
     from agent.batch.runner import BatchSettings, BatchSummary, Snapshot
@@ -50,7 +51,7 @@ def register(
 
     merge = sub.add_parser("batch-merge", help="merge the output directories of shards")
     merge.add_argument("dirs", nargs="+", type=Path, help="output directories of the shards")
-    merge.add_argument("--out", type=Path, required=True, help="directory for the merged files")
+    merge.add_argument("--out", type=output_dir, required=True, help="directory for the merged files")
     merge.add_argument("-v", "--verbose", action="store_true")
 
     api = sub.add_parser("openai-batch", help="the OpenAI Batch API: prepare | submit | status | collect")
@@ -64,10 +65,10 @@ def register(
         ("status", "show batch states"),
     ):
         parser = actions.add_parser(name, help=text)
-        parser.add_argument("--out", type=Path, required=True, help="the run's output directory")
+        parser.add_argument("--out", type=output_dir, required=True, help="the run's output directory")
         common(parser)
     collect = actions.add_parser("collect", help="download, validate, ground; re-queue failed and expired")
-    collect.add_argument("--out", type=Path, required=True, help="the run's output directory")
+    collect.add_argument("--out", type=output_dir, required=True, help="the run's output directory")
     collect.add_argument("--wait", action="store_true", help="poll until every batch has finished")
     collect.add_argument("--poll-seconds", type=float, default=60.0, help="between polls with --wait")
     collect.add_argument("--max-attempts", type=int, default=3, help="re-queue a request until this many")
@@ -77,7 +78,9 @@ def register(
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--out", type=Path, required=True, help="output directory (ledger, results, failures)")
+    group.add_argument(
+        "--out", type=output_dir, required=True, help="output directory (ledger, results, failures)"
+    )
     group.add_argument("--users", type=Path, help="file of user ids, one per line (default: every user)")
     group.add_argument("--task", default=",".join(TASKS), help="profile,recommend (default: both)")
     group.add_argument("--shard", help="I/N: only this machine's share of the users (I from 0 to N-1)")
@@ -95,7 +98,9 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> BatchSettings:
     from agent.batch.runner import BatchSettings, parse_shard, read_users
+    from agent.cli.options import check_k
 
+    check_k(args.k)
     concurrency = getattr(args, "concurrency", 32)
     if concurrency < 1 or args.max_attempts < 1:
         raise errors.ConfigError("--concurrency and --max-attempts must be at least 1")

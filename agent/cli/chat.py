@@ -76,6 +76,7 @@ def _build(args: argparse.Namespace, *, needs_model: bool) -> tuple[Any, Any, An
     from agent.chat.domains import load_domain, make_agent
 
     preset = load_domain(args.domain)
+    cli.model_settings(args)  # a bad URL, timeout or model name fails before loading anything
     if (args.events is None) != (args.items is None):
         raise ConfigError("give both --events and --items, or neither for the bundled data")
     if args.events is None:
@@ -111,8 +112,7 @@ def _lines() -> Any:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    if args.k < 1:
-        raise ConfigError("-k must be at least 1")
+    cli.check_k(args.k)
     agent, preset, items, client = _build(args, needs_model=args.assistant)
     try:
         return _chat(args, agent, preset, items, client)
@@ -122,7 +122,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace, agent: Any, preset: Any, items: Any, client: Any) -> int:
-    agent.histories.for_user(args.user)  # UnknownUserError before reading any input
+    if args.user not in agent.histories and not agent.config.cold_start:
+        agent.histories.require(args.user)  # UnknownUserError before reading any input
     if sys.stdin.isatty():
         print(f"Chatting as {args.user} about {preset.domain.items_noun}. Type quit to stop.", flush=True)
     if args.assistant:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli.options import emit_json, output_dir
 from agent.errors import ConfigError, Usage
 
 if TYPE_CHECKING:  # the evaluation machinery (pandas, scikit-learn...) loads only when it runs
@@ -90,8 +91,15 @@ def register(
     run.add_argument(
         "--fusion-users", type=int, default=200, help="--fusion fit: users to fit on (default 200)"
     )
-    run.add_argument("--out", type=Path, help="output directory (default out/eval/DATASET-PROTOCOL-SPLIT)")
+    run.add_argument(
+        "--out", type=output_dir, help="output directory (default out/eval/DATASET-PROTOCOL-SPLIT)"
+    )
     run.add_argument("--yes", action="store_true", help="do not ask before paid model calls")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results as one JSON object instead of the table (the table is the default)",
+    )
     common(parser)
     return {"evaluate": cmd_evaluate}
 
@@ -146,6 +154,42 @@ def _retriever_config(text: str | None) -> Any:
 
 def _note(text: str) -> None:
     print(f"recagent: {text}", file=sys.stderr, flush=True)
+
+
+class _Steps:
+    """Progress of the long steps on stderr (with ``-v`` or on a terminal): what starts, and
+    the wall time since the command started, so no step is silent for minutes."""
+
+    def __init__(self, verbose: bool, started: float) -> None:
+        self.shown = verbose or sys.stderr.isatty()
+        self.started = started
+
+    def __call__(self, text: str) -> None:
+        if self.shown:
+            _note(f"[{time.perf_counter() - self.started:6.1f} s] {text}")
+
+
+def _usable_ks(ks: list[int], cases: list[EvalCase], notes: list[str]) -> list[int]:
+    """The cut-offs below the smallest candidate set: with ``n`` candidates every list holds
+    the target by rank ``n``, so hit@k and recall@k for k >= n are 1.0 whatever the method, and
+    reporting them would only flatter. Full-catalog cases (no candidate set) limit nothing."""
+    sizes = [len(c.candidates) for c in cases if c.candidates is not None]
+    if not sizes:
+        return ks
+    smallest = min(sizes)
+    kept = [k for k in ks if k < smallest]
+    dropped = [k for k in ks if k >= smallest]
+    if not kept:
+        raise ConfigError(
+            f"every -k value ({', '.join(map(str, ks))}) is >= the {smallest} candidates per user, "
+            "where hit@k is always 1; use smaller cut-offs or more --negatives"
+        )
+    if dropped:
+        notes.append(
+            f"cut-offs {', '.join(map(str, dropped))} not reported: with {smallest} candidates per "
+            "user, hit@k for k >= that is always 1.0"
+        )
+    return kept
 
 
 # --------------------------------------------------------------------------- cost estimate
@@ -280,7 +324,9 @@ def _backend(args: argparse.Namespace) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from agent.cli.options import bootstrap_orders, fusion_weights, make_client
+    started = time.perf_counter()  # wall time from the command's start, imports and all
+    steps = _Steps(args.verbose, started)
+    from agent.cli.options import bootstrap_orders, fusion_weights, make_client, model_settings
     from agent.evaluation.methods import (
         EXTRA_METHODS,
         AgentMethod,
@@ -314,7 +360,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in ("depth", "rerank", "concurrency", "fusion_users"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1")
-    started = time.perf_counter()
+    if "agent" in wanted:
+        model_settings(args)  # a bad URL, timeout or model name fails before loading the data set
     timings: dict[str, float] = {}
     loaded = load_candidates(args.candidates) if args.candidates else None
     protocol = args.protocol or (loaded[0].get("protocol") if loaded else None) or DEFAULT_PROTOCOL
@@ -334,14 +381,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--candidates was made with {key} {loaded[0][key]!r}, not {value!r}")
     _, setting = protocol_parts(protocol)
 
+    steps(f"loading {args.dataset} from {args.path} and splitting ({protocol}, {args.split})")
     split = load_split(args.dataset, args.path, protocol, part=args.split, cutoff=_cutoff(args.cutoff))
     timings["load_and_split"] = time.perf_counter() - started
     t0 = time.perf_counter()
+    steps(f"fitting the retriever on {len(split.train):,} training events")
     retriever_config = _retriever_config(args.retriever_config)
     training = TrainingData(split.train, split.items, retriever_config)
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    steps("building the candidate sets" if not loaded else f"reading the candidate sets of {args.candidates}")
     if loaded:
         _, cases, targets = loaded
         check_candidates(split.targets, targets, args.candidates)
@@ -352,6 +402,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cases = build_cases(split, training, users, setting, negatives=negatives, seed=seed)
         targets = {u: split.targets[u] for u in users}
     timings["candidates"] = time.perf_counter() - t0
+    notes: list[str] = []
+    ks = _usable_ks(ks, cases, notes)
     # from here on, methods see only `training` and `cases`; `targets` is read by score() alone
 
     methods: list[Method] = []
@@ -362,7 +414,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     methods += [builders[m]() for m in METHODS[:3] if m in wanted]
     agent: AgentMethod | None = None
-    notes: list[str] = []
     backend = _backend(args) if "agent" in wanted else "fallback"
     if "agent" in wanted:
         client, source = make_client(args, default_backend=backend)
@@ -405,13 +456,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with _progress(len(cases), [m.name for m in methods]) as start:
         for method in methods:
             t0 = time.perf_counter()
+            steps(f"ranking {len(cases):,} users with {method.name}")
             ranked = method.rank_all(cases, start(method.name))
             timings[method.name] = time.perf_counter() - t0
             rankings[method.name] = {c.user_id: r for c, r in zip(cases, ranked, strict=True)}
             if not sys.stderr.isatty() and args.verbose:
                 _note(f"{method.name}: {len(cases)} users in {timings[method.name]:.1f} s")
+    steps("scoring and writing the outputs")
     per_user = score(rankings, targets, ks)
-    timings["total"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - started  # up to the outputs; the wall time is printed last
 
     out_dir = args.out or Path("out") / "eval" / f"{args.dataset}-{protocol}-{args.split}"
     config = {
@@ -458,17 +511,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         notes=notes,
     )
     paths = write_outputs(out_dir, run)
-    print(f"{args.dataset} · {protocol} ({args.split}) · {split.description}")
-    print(format_table(summarize(per_user), ks, len(cases)))
-    for note in notes:
-        print(note)
-    if agent is not None:
-        usage = agent.usage.as_dict()
-        fell_back = sum(1 for d in agent.details.values() if d.get("fallback_reason"))
-        print(
-            f"agent: {usage['requests']} requests, {usage['prompt_tokens']:,} prompt + "
-            f"{usage['completion_tokens']:,} completion tokens, ${usage['cost_usd']:.4f}; "
-            f"fell back to the retriever for {fell_back} of {len(cases)} users"
+    summary = summarize(per_user)
+    fell_back = sum(1 for d in agent.details.values() if d.get("fallback_reason")) if agent else 0
+    if args.json:
+        emit_json(
+            {
+                "dataset": args.dataset,
+                "protocol": protocol,
+                "split": args.split,
+                "description": split.description,
+                "users": len(cases),
+                "ks": ks,
+                "metrics": {
+                    method: {name: {"mean": mean, "ci95": ci} for name, (mean, ci) in metrics.items()}
+                    for method, metrics in summary.items()
+                },
+                "notes": notes,
+                "agent": None if agent is None else {**agent.usage.as_dict(), "fell_back_users": fell_back},
+                "out": str(out_dir),
+            }
         )
-    _note(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir} in {timings['total']:.1f} s")
+    else:
+        print(f"{args.dataset} · {protocol} ({args.split}) · {split.description}")
+        print(format_table(summary, ks, len(cases)))
+        for note in notes:
+            print(note)
+        if agent is not None:
+            usage = agent.usage.as_dict()
+            print(
+                f"agent: {usage['requests']} requests, {usage['prompt_tokens']:,} prompt + "
+                f"{usage['completion_tokens']:,} completion tokens, ${usage['cost_usd']:.4f}; "
+                f"fell back to the retriever for {fell_back} of {len(cases)} users"
+            )
+    wall = time.perf_counter() - started
+    _note(f"wrote {', '.join(p.name for p in paths.values())} to {out_dir}; wall time {wall:.1f} s")
     return 0

@@ -9,8 +9,10 @@ Output is JSON on stdout (``--pretty``: readable text); errors are ``Recommender
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.options import (
@@ -64,6 +66,9 @@ def register(
     )
     profiles.add_argument("action", choices=PROFILE_ACTIONS)
     profiles.add_argument("--user", required=True)
+    profiles.add_argument(
+        "--items", type=Path, help="the data set's catalog: picks its default store (without --db)"
+    )
     add_profile_store_args(profiles)
     profiles.add_argument("--pretty", action="store_true", help="readable text instead of JSON")
     profiles.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
@@ -131,7 +136,12 @@ def run_profile_action(args: argparse.Namespace) -> int:
     with store:
         versions = store.profile_history(args.user)
         if not versions:
-            raise ProfileNotFoundError(f"no stored profile for user {args.user!r} in {store_name(store)}")
+            hint = ""
+            if args.db is None and getattr(args, "items", None) is None and not os.environ.get("RECAGENT_DB"):
+                hint = "; profiles are stored per data set: pass its --items (or --db)"
+            raise ProfileNotFoundError(
+                f"no stored profile for user {args.user!r} in {store_name(store)}{hint}"
+            )
         by_number = {v.version: v for v in versions}
 
         def pick(number: int | None, default: ProfileVersion, what: str) -> ProfileVersion:

@@ -47,11 +47,12 @@ def register(
 
 
 def cmd_fusion_fit(args: argparse.Namespace) -> int:
-    from agent.cli.options import load_inputs, make_client
+    from agent.cli.options import load_inputs, make_client, model_settings
     from agent.evaluation.fusion_fit import fit_fusion
 
     if args.users < 1 or args.min_lists < 1:
         raise ConfigError("--users and --min-lists must be at least 1")
+    model_settings(args)  # a bad URL, timeout or model name fails before loading anything
     events, items = load_inputs(args, args.events, args.items)
     client, source = make_client(args, default_backend="openai")
     if client is None:
@@ -69,5 +70,7 @@ def cmd_fusion_fit(args: argparse.Namespace) -> int:
         note=report.note,
     )
     print(json.dumps(report.as_dict(), indent=2))
+    if report.why_fewer():
+        print(f"recagent: {report.why_fewer()}", file=sys.stderr)
     print(f"wrote {args.out}: {report.note}", file=sys.stderr)
     return 0

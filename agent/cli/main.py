@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from agent.cli.options import (
     DEMO_USERS,
@@ -22,21 +22,49 @@ from agent.cli.options import (
     add_ranking_args,
     agent_config,
     build_agent,
+    check_k,
     close_clients,
     emit_json,
     load_inputs,
     make_client,
+    model_failed_exit,
+    model_settings,
 )
 from agent.errors import ConfigError, RecommenderError
 
 log = logging.getLogger("agent")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are the one line every other error is.
+
+    argparse prints the whole usage before its message; the README promises one line,
+    ``recagent: error: ...`` with exit code 2 (a configuration error), so a typo in an option
+    reads like any other mistake. ``--help`` still prints the full usage. Sub-parsers are of
+    this class too (``add_subparsers`` uses the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("recagent").strip()  # "recommend", "openai-batch collect"
+        where = f"{command}: " if command else ""
+        self.exit(ConfigError.exit_code, f"recagent: error: {where}{message}\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recagent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="recagent",
         description="Behavior profiles and grounded, explained recommendations from any OpenAI-compatible chat API.",
     )
+    parser.add_argument("--version", action="version", version=f"recagent {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     from agent.cli.feedback import PROFILE_ACTIONS
@@ -89,6 +117,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return run_profile_action(args)
     if args.events is None or args.items is None:
         raise ConfigError("profile needs --events and --items (or an action: show, history, diff)")
+    model_settings(args)  # a bad URL, timeout or model name fails before any work
     events, items = load_inputs(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
     result = build_agent(args, events, items, client).profile(args.user)
@@ -102,9 +131,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    if args.k < 1:
-        raise ConfigError("-k must be at least 1")
+    check_k(args.k)
     config = agent_config(args)  # bad --fusion/--bootstrap fail before any work
+    model_settings(args)  # and a bad URL, timeout or model name
     events, items = load_inputs(args, args.events, args.items)
     client, _ = make_client(args, default_backend="openai")
     agent = build_agent(args, events, items, client, config)
@@ -116,7 +145,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         print_recommendations(result)
     else:
         emit_json(result.model_dump(mode="json"))
-    return 0
+    return model_failed_exit(result)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from agent.data.loading import Loaded
-    from agent.llm.client import ChatClient
+    from agent.llm.client import ChatClient, LLMConfig
     from agent.profiles.store import Store
     from agent.ranking.fusion import FusionWeights
 
@@ -46,9 +46,26 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def output_dir(text: str) -> Path:
+    """An argparse ``type=`` for ``--out DIR``: a directory or a path not yet there.
+
+    An existing file would otherwise surface deep in the run as a ``FileExistsError``
+    traceback; as a type error it is the one usage line (exit 2) before any work.
+    """
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return path
+
+
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument("--events", type=Path, required=required, help="behavior log (.csv/.jsonl/.parquet)")
     parser.add_argument("--items", type=Path, required=required, help="item catalog (.csv/.jsonl/.parquet)")
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of --events and --items (default utf-8; e.g. latin-1)",
+    )
 
 
 FUSION_HELP = (
@@ -75,6 +92,36 @@ def add_ranking_args(parser: argparse.ArgumentParser, *, allow_fit: bool = False
     )
 
 
+def check_k(k: int, flag: str = "-k") -> int:
+    """``k`` within ``agent.recommender.MAX_K``; a ``ConfigError`` naming the option otherwise."""
+    from agent.recommender import MAX_K
+
+    if k < 1:
+        raise ConfigError(f"{flag} must be at least 1")
+    if k > MAX_K:
+        raise ConfigError(f"{flag} must be at most {MAX_K}, got {k}")
+    return k
+
+
+def model_failed_exit(result: Any) -> int:
+    """The exit code of a command that printed ``result``: 5 (model/API) when a model was
+    configured but every call failed and the retriever's order was served instead, else 0.
+
+    The output is still printed (it is usable), but a refused connection, an exhausted quota
+    or a wrong endpoint must not look like success to a script; the line says what happened.
+    """
+    from agent.errors import ModelError
+
+    if getattr(result, "model_error", None):
+        print(
+            f"recagent: error: every model call failed, the output is the retriever's fallback "
+            f"({result.fallback_reason})",
+            file=sys.stderr,
+        )
+        return ModelError.exit_code
+    return 0
+
+
 def fusion_weights(text: str) -> FusionWeights | None:
     """``--fusion`` as weights: ``prior``, ``off`` (None) or a file written by ``fusion-fit``."""
     from agent.ranking.fusion import FusionWeights
@@ -96,7 +143,9 @@ def bootstrap_orders(value: int) -> int:
 
 def add_db_arg(parser: argparse.ArgumentParser, *, memory_default: bool = False) -> None:
     default = (
-        "an in-memory store" if memory_default else "$RECAGENT_DB, else recagent.sqlite in the user data dir"
+        "an in-memory store"
+        if memory_default
+        else "$RECAGENT_DB, else one file per data set (--items) in the user data dir, created on first write"
     )
     parser.add_argument(
         "--db", help=f"profile store, a SQLite file (default: {default}; ':memory:' keeps nothing)"
@@ -113,19 +162,22 @@ def add_profile_store_args(parser: argparse.ArgumentParser) -> None:
 
 
 def store_for(args: argparse.Namespace) -> Store | None:
-    """The store named by ``--db`` (or the default one); None for commands without ``--db``."""
+    """The store named by ``--db``, else ``RECAGENT_DB``, else the default store of the data
+    set (``--items``), created on its first write (``agent.profiles.lazy``); None for
+    commands without ``--db``."""
     if not hasattr(args, "db"):
         return None
-    from agent.profiles.store import open_store
+    from agent.profiles.lazy import open_dataset_store
 
-    return open_store(args.db)
+    return open_dataset_store(args.db, getattr(args, "items", None))
 
 
 def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -> tuple[Loaded, Loaded]:
     from agent.data.loading import align_catalog, load_events, load_items  # pandas: only when needed
 
-    items = load_items(items_path)
-    events = align_catalog(load_events(events_path), items)
+    encoding = getattr(args, "encoding", "utf-8")
+    items = load_items(items_path, encoding=encoding)
+    events = align_catalog(load_events(events_path, encoding=encoding), items)
     if args.verbose:
         for report in (events.report, items.report):
             print("cleaning: " + report.summary(), file=sys.stderr)
@@ -137,15 +189,24 @@ def load_inputs(args: argparse.Namespace, events_path: Path, items_path: Path) -
 _OPEN_CLIENTS: list[ChatClient] = []
 
 
+def model_settings(args: argparse.Namespace) -> LLMConfig:
+    """The model settings of ``args`` and the environment, checked (``LLMConfig`` raises
+    ``ConfigError`` for a malformed base URL, a bad timeout or an empty model name).
+
+    Commands call it before loading data, so a typo never costs a load nor looks like a run.
+    """
+    from agent.llm.client import LLMConfig
+
+    return LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
+
+
 def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[ChatClient | None, str]:
     """The chat client for ``args`` and a one-line description of where answers come from.
 
     Clients made here are closed by ``close_clients`` (``main`` calls it when the command ends).
     """
-    from agent.llm.client import LLMConfig
-
     backend = args.backend or default_backend
-    config = LLMConfig.from_env(model=args.model, base_url=args.base_url, timeout_s=args.timeout)
+    config = model_settings(args)
     if backend == "fallback":
         return None, "No model: recommendations come from the retriever alone (--backend fallback)."
     import httpx2  # the HTTP stack and the SDK load only for commands that talk to a model

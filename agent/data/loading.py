@@ -153,12 +153,18 @@ def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
     encoding, an empty file or a malformed JSON record (naming its line).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory, not a data file", file=str(path))
     if not path.is_file():
         raise DataError("file not found", file=str(path))
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise DataError(f"unknown encoding {encoding!r}", file=str(path)) from None
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     try:
         if suffix in (".csv", ".csv.gz", ".tsv", ".tsv.gz"):
-            sep = "\t" if suffix.startswith(".tsv") else ","
+            sep = "\t" if suffix.startswith(".tsv") else _sniff_delimiter(path, suffix, encoding)
             frame = pd.read_csv(path, sep=sep, dtype=str, encoding=encoding, keep_default_na=False)
             frame = frame.replace("", np.nan)
         elif suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".json"):
@@ -171,10 +177,7 @@ def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
                 file=str(path),
             )
     except UnicodeDecodeError as exc:
-        raise DataError(
-            f"file is not valid {encoding} (byte {exc.start}); re-save it as UTF-8 or pass encoding=",
-            file=str(path),
-        ) from exc
+        _raise_bad_encoding(path, suffix, encoding, exc)
     except pd.errors.EmptyDataError as exc:
         raise DataError("file is empty", file=str(path)) from exc
     except (ValueError, pd.errors.ParserError, OSError, RecursionError) as exc:
@@ -183,6 +186,67 @@ def read_table(path: str | Path, *, encoding: str = "utf-8") -> pd.DataFrame:
     if frame.empty:
         raise DataError("file has no data rows", file=str(path))
     return frame
+
+
+_SNIFF_BYTES = 64 * 1024
+_DELIMITERS = (",", ";", "\t", "|")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", " ": "space"}
+
+
+def _open_binary(path: Path, suffix: str) -> Any:
+    return gzip.open(path, "rb") if suffix.endswith(".gz") else open(path, "rb")
+
+
+def _sniff_delimiter(path: Path, suffix: str, encoding: str) -> str:
+    """The delimiter of a ``.csv`` file's header line: ``,`` unless the header has none of
+    them but has ``;``, a tab or ``|`` (spreadsheets in many locales write ``;``).
+
+    Only the header decides, so a comma inside a quoted title never changes the choice; a
+    header that names a single column keeps ``,`` and fails later on the missing columns.
+    """
+    with _open_binary(path, suffix) as handle:
+        head = handle.read(_SNIFF_BYTES)
+    header = head.split(b"\n", 1)[0].decode(encoding, errors="replace")
+    counts = {sep: header.count(sep) for sep in _DELIMITERS}
+    if counts[","]:
+        return ","
+    best = max(_DELIMITERS[1:], key=lambda sep: counts[sep])
+    return best if counts[best] else ","
+
+
+def _raise_bad_encoding(path: Path, suffix: str, encoding: str, exc: UnicodeDecodeError) -> NoReturn:
+    """Name the true byte offset, line and data row of the first undecodable byte.
+
+    The parsers decode in chunks, so ``exc.start`` is an offset into some chunk ("byte 3"),
+    not into the file; this re-reads the file line by line (only on this error path) to
+    find the real position. The row is the 1-based data row, header excluded, for CSV/TSV
+    (each line one record), and the non-blank line's number for JSON Lines.
+    """
+    offset, line_number, data_row = 0, 0, 0
+    header = suffix.startswith((".csv", ".tsv"))
+    with _open_binary(path, suffix) as handle:
+        for raw in handle:
+            line_number += 1
+            if raw.strip():
+                data_row += 1
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as bad:
+                at = offset + bad.start
+                row = data_row - 1 if header else data_row
+                raise DataError(
+                    f"file is not valid {encoding}: byte 0x{raw[bad.start]:02x} at offset {at} "
+                    f"(line {line_number}); re-save it as UTF-8 or pass --encoding "
+                    "(e.g. --encoding latin-1)",
+                    file=str(path),
+                    row=row if row >= 1 else None,
+                ) from exc
+            offset += len(raw)
+    # not found line by line (a multi-byte encoding such as UTF-16): the parser's own position
+    raise DataError(
+        f"file is not valid {encoding} ({exc.reason}); re-save it as UTF-8 or pass --encoding",
+        file=str(path),
+    ) from exc
 
 
 def _nullable_int(arrow_type: pa.DataType) -> Any:
@@ -260,7 +324,11 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], file: str) -> None:
     for column in columns:
         if column not in frame.columns:
             found = ", ".join(map(str, frame.columns))
-            raise DataError(f"missing required column (found: {found})", file=file, column=column)
+            hint = ""
+            if len(frame.columns) == 1:  # the whole header in one column: another delimiter
+                seen = [name for sep, name in _DELIMITER_NAMES.items() if sep in str(frame.columns[0])]
+                hint = f"; the header looks {', '.join(seen)}-separated" if seen else ""
+            raise DataError(f"missing required column (found: {found}{hint})", file=file, column=column)
 
 
 def _as_text(series: pd.Series) -> pd.Series:
@@ -501,6 +569,10 @@ class UserHistories:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._span)
+
+    def empty(self) -> pd.DataFrame:
+        """No events, with the log's columns (the history of a user new to the log)."""
+        return self._frame.iloc[0:0]
 
     def for_user(self, user_id: str) -> pd.DataFrame:
         """The user's events, oldest first. Raises ``UnknownUserError`` for an unknown user."""

@@ -54,6 +54,7 @@ class FusionFitReport:
 
     weights: FusionWeights
     users_sampled: int
+    """Users asked about: the requested ``max_users``, or fewer when fewer are eligible."""
     lists_used: int
     target_not_in_candidates: int
     model_failed: int
@@ -61,6 +62,25 @@ class FusionFitReport:
     """Mean reciprocal rank of the held-out items on the fit lists: fitted / prior / retriever-only."""
     usage: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    users_requested: int | None = None
+    """``max_users`` as asked (None: every eligible user)."""
+    users_eligible: int = 0
+    """Users with a usable held-out interaction, the pool the sample is drawn from."""
+    users_not_eligible: dict[str, int] = field(default_factory=dict)
+    """Users left out of the pool, by reason (e.g. a held-out item they had already consumed)."""
+
+    def why_fewer(self) -> str:
+        """One line on why fewer users were sampled than requested ("" when none were missing)."""
+        if self.users_requested is None or self.users_sampled >= self.users_requested:
+            return ""
+        reasons = ", ".join(
+            f"{n} {why}" for why, n in sorted(self.users_not_eligible.items(), key=lambda kv: -kv[1])
+        )
+        return (
+            f"sampled {self.users_sampled} of the {self.users_requested} users requested: only "
+            f"{self.users_eligible} users have a usable held-out last interaction"
+            + (f" (not eligible: {reasons})" if reasons else "")
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -124,7 +144,11 @@ def fit_fusion(
                     chosen.append(target)
         if progress:
             progress(1)
-    return _report(lists, chosen, len(users), missing, failed, usage, min_lists)
+    report = _report(lists, chosen, len(users), missing, failed, usage, min_lists)
+    report.users_requested = max_users
+    report.users_eligible = len(split.targets)
+    report.users_not_eligible = dict(split.skipped)
+    return report
 
 
 def _report(

@@ -31,6 +31,7 @@ from agent.llm.client import (
     build_request_body,
     checked_completion,
     map_transport_error,
+    require_endpoint,
     retry_policy,
 )
 from agent.prompting.templates import TEMPLATE_HEADER, RenderedPrompt
@@ -72,6 +73,7 @@ class AsyncChatClient:
         gate: AttemptGate | None = None,
     ) -> None:
         self.config = config or LLMConfig.from_env()
+        require_endpoint(self.config, http_client)
         self.prices = prices or PriceTable.from_env()
         self.gate = gate
         self._sleep = sleep or asyncio.sleep

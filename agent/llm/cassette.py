@@ -29,18 +29,43 @@ CASSETTE_VERSION = 1
 VOLATILE_BODY_FIELDS = ("user", "safety_identifier", "metadata", "stream_options")
 
 
-class CassetteMiss(openai.OpenAIError):
-    """Raised inside the transport; the SDK re-raises OpenAIError subclasses unchanged."""
+# The script that re-records each bundled cassette (by file name); others were made with --record.
+RECORD_SCRIPTS = {
+    "demo.json": "python scripts/record_fixtures.py",
+    "chat.json": "python scripts/record_chat_fixtures.py",
+}
 
-    def __init__(self, key: str, template: str, path: str) -> None:
+
+class CassetteMiss(openai.OpenAIError):
+    """Raised inside the transport; the SDK re-raises OpenAIError subclasses unchanged.
+
+    The message says what kind of difference made the miss (``why``, from
+    ``Cassette.explain_miss``) and how this cassette is re-recorded.
+    """
+
+    def __init__(self, key: str, template: str, path: str, why: str = "") -> None:
         self.key = key
         self.template = template
         self.path = path
-        super().__init__(
-            f"no recorded response for template {template} (key {key[:12]}) in {path}; "
-            "the prompt or its inputs changed since recording. Re-record with "
-            "`python scripts/record_fixtures.py` (see fixtures/README.md)"
+        self.why = why
+        script = RECORD_SCRIPTS.get(Path(path).name)
+        how = (
+            f"re-record with `{script}` (see fixtures/README.md)"
+            if script
+            else "record it again with --backend openai --record " + path
         )
+        super().__init__(
+            f"no recorded response for template {template} (key {key[:12]}) in {path}"
+            f"{'; ' + why if why else ''}. To replay this request, {how}"
+        )
+
+
+def _settings(body: dict[str, Any]) -> dict[str, Any]:
+    """A request's settings apart from its inputs: the messages and the schema (whose enums
+    list the candidates and history items) are inputs, the response format's type is not."""
+    kept = {k: v for k, v in body.items() if k not in ("messages", "response_format")}
+    kept["response_format"] = (body.get("response_format") or {}).get("type")
+    return kept
 
 
 def canonical_body(body: bytes | str) -> dict[str, Any]:
@@ -74,6 +99,32 @@ class Cassette:
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.interactions.get(key)
+
+    def explain_miss(self, template: str, body: dict[str, Any]) -> str:
+        """Why a request with ``template`` and canonical ``body`` has no recording, in words.
+
+        Compared with the recordings of the same template: none at all (this command or user
+        was never recorded), another template version (the prompt file was edited), another
+        model or settings, or the same prompt with other inputs (history, candidates, query,
+        k, or a profile from the store).
+        """
+        name = template.split("@", 1)[0]
+        same_name = [e for e in self.interactions.values() if e["template"].split("@", 1)[0] == name]
+        if not same_name:
+            return f"nothing was recorded with the {name} template (this command was never recorded)"
+        versions = sorted({e["template"] for e in same_name})
+        if template not in versions:
+            return f"the {name} template changed since recording (recorded {', '.join(versions)})"
+        recorded = [e["request"]["body"] for e in same_name if e["template"] == template]
+        models = sorted({str(b.get("model")) for b in recorded})
+        if body.get("model") not in models:
+            return f"the model differs (recorded: {', '.join(models)}; now: {body.get('model')})"
+        if all(_settings(b) != _settings(body) for b in recorded):
+            return "the request settings differ (max tokens, temperature, seed or response format)"
+        return (
+            "the prompt's inputs differ from every recording: another user or options, a changed "
+            "history or catalog, or a stored profile (--db) used in the prompt"
+        )
 
     def put(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -118,7 +169,9 @@ class ReplayTransport(httpx2.BaseTransport):
         self.requests.append({"path": path, "body": body, "template": template})
         entry = self.cassette.get(key)
         if entry is None:
-            raise CassetteMiss(key, template, str(self.cassette.path))
+            raise CassetteMiss(
+                key, template, str(self.cassette.path), self.cassette.explain_miss(template, body)
+            )
         response = entry["response"]
         return httpx2.Response(
             status_code=response["status"],

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 from pydantic import BaseModel, ValidationError
@@ -70,17 +72,54 @@ class LLMConfig:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
 
+    def __post_init__(self) -> None:
+        # Checked here, before any request: a typo in a setting must be a ConfigError (exit 2),
+        # never a silent fallback or an SDK traceback on the first call.
+        if not self.model or not self.model.strip():
+            raise errors.ConfigError("the model name is empty (--model / RECAGENT_MODEL)")
+        self.timeout_s = checked_timeout(self.timeout_s, "the timeout (--timeout)")
+        if self.base_url is not None:
+            check_base_url(self.base_url)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMConfig:
+        """Settings from ``RECAGENT_MODEL``, ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` and
+        ``RECAGENT_TIMEOUT``; ``overrides`` that are not None win. Raises ``ConfigError`` for an
+        invalid value (see ``__post_init__``)."""
         values: dict[str, Any] = {
             "model": os.environ.get("RECAGENT_MODEL", DEFAULT_MODEL),
             "base_url": os.environ.get("OPENAI_BASE_URL") or None,
             "api_key": os.environ.get("OPENAI_API_KEY") or None,
         }
         if os.environ.get("RECAGENT_TIMEOUT"):
-            values["timeout_s"] = float(os.environ["RECAGENT_TIMEOUT"])
+            values["timeout_s"] = checked_timeout(os.environ["RECAGENT_TIMEOUT"], "RECAGENT_TIMEOUT")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def checked_timeout(value: object, name: str) -> float:
+    """``value`` as a number of seconds > 0 and finite; ``ConfigError`` naming ``name`` otherwise."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise errors.ConfigError(f"{name} must be a number of seconds > 0, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise errors.ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def check_base_url(url: str) -> None:
+    """``ConfigError`` unless ``url`` is an absolute http(s) URL with a host.
+
+    ``localhost:8000/v1`` (no scheme) and ``not a url`` would otherwise reach the SDK and end
+    as connection errors after every retry, which the recommend path turns into a fallback.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url.strip():
+        hint = f"; did you mean http://{url.strip()}?" if "://" not in url and " " not in url.strip() else ""
+        raise errors.ConfigError(
+            f"base URL {url!r} is not an http(s) URL (--base-url / OPENAI_BASE_URL){hint}"
+        )
 
 
 @dataclass
@@ -96,6 +135,22 @@ class StructuredReply(Generic[M]):
     model: str
     template_version: str
     request_ids: list[str] = field(default_factory=list)
+
+
+def require_endpoint(config: LLMConfig, http_client: object | None) -> None:
+    """``ConfigError`` when a client would send requests to the public API without a key.
+
+    Without this the SDK targets api.openai.com with a placeholder key and the first call
+    ends, after every retry, in an error that does not name the missing setting. A local
+    server (``base_url``) needs no key, and a caller-supplied ``http_client`` (replay,
+    tests) decides where requests go.
+    """
+    if config.api_key or config.base_url or http_client is not None:
+        return
+    raise errors.ConfigError(
+        "no API key: set OPENAI_API_KEY and use LLMConfig.from_env() (or give LLMConfig(api_key=...), "
+        "or base_url for a local server)"
+    )
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
@@ -363,6 +418,7 @@ class ChatClient:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config or LLMConfig.from_env()
+        require_endpoint(self.config, http_client)
         self.prices = prices or PriceTable.from_env()
         self._sleep = sleep
         self._json_schema_supported = True

@@ -43,6 +43,15 @@ HIGH_RATING = 4.0
 MAX_COMMENT_CHARS = 2000
 
 
+class FieldProblem(ValueError):
+    """A cross-field check failed because of ``field`` (raised inside a model validator, where
+    pydantic would otherwise report no field and the error would blame the whole event)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class FeedbackEvent(BaseModel):
     """One reaction of one user to one item. ``timestamp`` is timezone-aware (UTC if given naive
     is refused: a reaction's time must not depend on the machine's zone)."""
@@ -77,16 +86,21 @@ class FeedbackEvent(BaseModel):
         low, high = RATING_SCALE
         if self.signal == "rating":
             if self.value is None or not low <= self.value <= high:
-                raise ValueError(f"a rating needs a value from {low:g} to {high:g}, got {self.value}")
+                given = "none was given" if self.value is None else f"got {self.value:g}"
+                raise FieldProblem(
+                    "value", f"a rating needs a value from {low:g} to {high:g} (--value); {given}"
+                )
         elif self.signal == "purchase":
             if self.value is not None and not self.value >= 0:
-                raise ValueError(f"a purchase value is the price paid (>= 0), got {self.value}")
+                raise FieldProblem("value", f"a purchase value is the price paid (>= 0), got {self.value}")
         elif self.value is not None:
-            raise ValueError(f"signal {self.signal!r} takes no value (only rating and purchase do)")
+            raise FieldProblem(
+                "value", f"signal {self.signal!r} takes no value (only rating and purchase do)"
+            )
         if self.signal == "comment" and not self.comment:
-            raise ValueError("a comment needs text (--comment)")
+            raise FieldProblem("comment", "a comment needs text (--comment)")
         if self.comment and self.signal in IMPLICIT_SIGNALS:
-            raise ValueError(f"an implicit signal ({self.signal}) cannot carry a comment")
+            raise FieldProblem("comment", f"an implicit signal ({self.signal}) cannot carry a comment")
         return self
 
     @property
@@ -151,12 +165,18 @@ class RecommendationLookup(Protocol):
 
 
 def make_event(**fields: Any) -> FeedbackEvent:
-    """Build a ``FeedbackEvent``; a validation problem becomes one readable ``InvalidFeedbackError``."""
+    """Build a ``FeedbackEvent``; a validation problem becomes one readable ``InvalidFeedbackError``
+    naming the field at fault (``value`` for a rating without one, not the whole event)."""
     try:
         return FeedbackEvent(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "event"
+        cause = first.get("ctx", {}).get("error")
+        where = (
+            cause.field
+            if isinstance(cause, FieldProblem)
+            else ".".join(str(p) for p in first.get("loc", ())) or "event"
+        )
         message = str(first.get("msg", exc)).removeprefix("Value error, ")
         raise InvalidFeedbackError(f"invalid feedback ({where}): {message}", column=where) from None
 

@@ -51,6 +51,8 @@ class Catalog:
             )
             for row in items[["item_id", "title", "category", "price", "description"]].itertuples(index=False)
         }
+        self.has_prices = any(info.price is not None for info in self._items.values())
+        """False for a catalog without any price: profiles then carry no price facts."""
         # Scrubbing a description costs several regex passes; items repeat across users.
         self._lines: dict[tuple[str, int, bool, tuple[str, ...]], tuple[CandidateLine, Counter[str]]] = {}
 

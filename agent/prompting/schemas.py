@@ -27,13 +27,14 @@ import copy
 import functools
 import json
 import logging
+import math
 import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import SchemaValidator
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,24 @@ class BehaviorPatterns(StrictModel):
     typical_price_max: float | None = Field(description="High end of what they pay; null if unknown.")
     recent_focus: str | None = Field(description="What the most recent events concentrate on, if anything.")
     exploration: Literal["focused", "mixed", "exploratory"]
+
+    @model_validator(mode="after")
+    def _price_range(self) -> BehaviorPatterns:
+        # Not in the JSON schema (strict mode has no cross-field rules): a reply that breaks it
+        # fails validation and is re-asked with this message, like any other invalid reply.
+        low, high = self.typical_price_min, self.typical_price_max
+        for name, value in (("typical_price_min", low), ("typical_price_max", high)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a price >= 0 or null, got {value}")
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"typical_price_min ({low:g}) is above typical_price_max ({high:g})")
+        return self
+
+    def without_prices(self) -> BehaviorPatterns:
+        """These patterns with no price facts (for a catalog that has no prices)."""
+        return self.model_copy(
+            update={"price_sensitivity": "unknown", "typical_price_min": None, "typical_price_max": None}
+        )
 
 
 class BehaviorProfile(StrictModel):

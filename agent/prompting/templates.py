@@ -217,8 +217,17 @@ class PromptRenderer:
             raise TemplateError(f"macro {macro}() of {filename!r} failed to render: {exc}") from exc
 
 
-@lru_cache(maxsize=4)
 def default_renderer(template_dir: str | None = None) -> PromptRenderer:
+    """The shared renderer of ``template_dir`` (default ``RECAGENT_TEMPLATES``, else built-in).
+
+    The environment is read on every call, before the cache: a renderer cached for "no
+    directory" must not hide a ``RECAGENT_TEMPLATES`` set later (a missing directory is then
+    a ``TemplateError``, not silently the built-in templates)."""
+    return _cached_renderer(template_dir or os.environ.get("RECAGENT_TEMPLATES") or None)
+
+
+@lru_cache(maxsize=4)
+def _cached_renderer(template_dir: str | None) -> PromptRenderer:
     return PromptRenderer(template_dir)
 
 

@@ -34,6 +34,9 @@ from agent.ranking.grounding import GroundedRanking, ground
 from agent.ranking.position_bias import borda, input_order_copy_rate
 
 Source = Literal["llm", "retriever", "fallback", "cold_start"]
+"""Where a recommended item came from: ``llm`` (the model placed it), ``retriever`` (back-fill
+or fused in by the retriever), ``fallback`` (no model, or the model failed) and
+``cold_start`` (the user has no history: popular or query-matched items)."""
 
 
 class Recommendation(BaseModel):
@@ -63,6 +66,10 @@ class RecommendationResult(BaseModel):
     model's order back-filled by the retriever (or no model at all)."""
     orders: int = 1
     """How many shuffled candidate orders the model ranked (bootstrap); 0 when no model ranked."""
+    model_error: str | None = None
+    """The error type (e.g. ``TransportError``) when a model was configured but every call
+    for this result failed and the retriever's order was served instead; None otherwise.
+    The command line exits 5 when it is set, so a dead endpoint never looks like success."""
 
 
 class ProfileResult(BaseModel):
@@ -108,6 +115,8 @@ class ReplyContext(BaseModel):
     k: int = 0
     fusion: FusionWeights | None = None
     """recommend: the blend of model rank and retriever score; None keeps the model's order."""
+    has_prices: bool = True
+    """profile: False when the catalog has no prices; the profile then keeps no price facts."""
 
     def output_model(self) -> type[BaseModel]:
         """The reply model, with enums of this request's ids."""
@@ -134,10 +143,17 @@ def interpret_reply(
 
 
 def interpret_profile(context: ReplyContext, reply: StructuredReply[Any]) -> ProfileResult:
-    """A ``ProfileResult`` from a validated profile reply."""
+    """A ``ProfileResult`` from a validated profile reply.
+
+    For a catalog without prices (``context.has_prices`` False) the price facts are dropped
+    (sensitivity ``unknown``, no range): whatever the model made of ratings or other values,
+    it cannot be a price the user pays."""
+    profile = BehaviorProfile.model_validate(reply.value.model_dump())
+    if not context.has_prices:
+        profile = profile.model_copy(update={"patterns": profile.patterns.without_prices()})
     return ProfileResult(
         user_id=context.user_id,
-        profile=BehaviorProfile.model_validate(reply.value.model_dump()),
+        profile=profile,
         events_total=context.events_total,
         events_shown=context.events_shown,
         model=reply.model,
