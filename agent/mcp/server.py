@@ -137,8 +137,10 @@ def build_server(source: SessionSource, *, name: str = "recagent") -> MCPServer:
         if not count.isdigit() or not 1 <= int(count) <= 20:
             raise ValueError("count must be a number from 1 to 20")
         session = source(ctx)
-        lister = getattr(session.store, "recent_recommendations", None)
-        served = lister(session.toolbox.user_id, int(count)) if lister is not None else []
+        store = session.store
+        served = (
+            store.recent_recommendations(session.toolbox.user_id, int(count)) if store is not None else []
+        )
         return json.dumps({"recommendations": [r.model_dump(mode="json") for r in served]})
 
     @server.prompt(name="recommend_for_me")

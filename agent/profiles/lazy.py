@@ -102,6 +102,10 @@ class LazyStore(Store):
         store = self._store(create=False)
         return store.latest_recommendation_with(user_id, item_id) if store else None
 
+    def recent_recommendations(self, user_id: str, limit: int = 5) -> list[ServedRecommendation]:
+        store = self._store(create=False)
+        return store.recent_recommendations(user_id, limit) if store else []
+
     def users(self) -> list[str]:
         store = self._store(create=False)
         return store.users() if store else []

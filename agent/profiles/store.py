@@ -173,6 +173,10 @@ class Store(ABC):
         """Id of the most recent recommendation that showed ``item_id`` to ``user_id``."""
 
     @abstractmethod
+    def recent_recommendations(self, user_id: str, limit: int = 5) -> list[ServedRecommendation]:
+        """The latest ``limit`` lists served to ``user_id``, newest first."""
+
+    @abstractmethod
     def users(self) -> list[str]: ...
 
     @abstractmethod

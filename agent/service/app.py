@@ -634,9 +634,6 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
                 agent = runtime.snapshot().agent
                 if agent is None:
                     raise ApiError(404, "unknown_item", "the catalog is empty")
-                if body.user_id not in agent.histories:
-                    result = runtime.cold_start(agent, body.user_id, body.k, body.message)
-                    return None, result
                 reply = Conversation(agent, k=body.k).send(body.user_id, body.message, state)
                 store.save_session(who.tenant, session_id, body.user_id, reply.state.model_dump(mode="json"))
                 return reply, reply.result

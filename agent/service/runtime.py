@@ -10,9 +10,9 @@ statistics for the very next recommendation: staleness is zero, and the price is
 per burst of writes (measured in docs/BENCHMARKS.md, "Service"). Between writes, requests cost
 only the version query.
 
-Users with no events (new, or unknown to the tenant) get **cold-start** recommendations: the
-retriever's popularity, matched to the request's query when there is one, marked
-``source: "cold_start"``, never an error.
+Users with no events (new, or unknown to the tenant) get the agent's **cold-start**
+recommendations (``RecommenderAgent``, ``AgentConfig.cold_start``): popular items, matched to
+the request's query when there is one, marked ``source: "cold_start"``, never an error.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
 from agent.data.loading import align_catalog, clean_events, clean_items
 from agent.llm.client import ChatClient
-from agent.profiles.feedback import ServedRecommendation
-from agent.ranking.replies import CandidateInfo, RecommendationResult, backfill
+from agent.ranking.replies import RecommendationResult
 from agent.recommender import AgentConfig, RecommenderAgent
 from agent.service.storage import ServiceStore, TenantProfileStore
 
@@ -129,49 +127,14 @@ class TenantRuntime:
         query: str | None,
         run: Callable[[RecommenderAgent], RecommendationResult] | None = None,
     ) -> RecommendationResult:
-        """``run(agent)`` for a known user (default: ``agent.recommend``); cold start otherwise."""
+        """``run(agent)`` on the fresh agent (default: ``agent.recommend``)."""
         snapshot = self.snapshot()
         agent = snapshot.agent
         if agent is None:
             return _empty(user_id, "the catalog is empty: POST /v1/items first")
-        if user_id not in agent.histories:
-            return self.cold_start(agent, user_id, k, query)
-        if run is not None:
+        if run is not None:  # a user without events is served by the agent's own cold start
             return run(agent)
         return agent.recommend(user_id, k=k, query=query)
-
-    def cold_start(
-        self, agent: RecommenderAgent, user_id: str, k: int, query: str | None
-    ) -> RecommendationResult:
-        """Popular items (matched to ``query`` when given) for a user without history."""
-        blocked = tuple(self.profiles.blocked_items(user_id))
-        candidates = agent.retriever.candidates(
-            user_id, n=k, query=query, exclude_consumed=False, exclude=blocked
-        )
-        infos = [
-            CandidateInfo(
-                item_id=c.item_id, title=agent.catalog.title(c.item_id), score=c.score, sources=c.sources
-            )
-            for c in candidates
-        ]
-        out: list[Any] = []
-        backfill(out, infos, k, "cold_start")
-        result = RecommendationResult(
-            recommendation_id=uuid.uuid4().hex,
-            user_id=user_id,
-            items=out,
-            candidates_considered=len(candidates),
-            grounding={},
-            fallback_reason="cold start: no history for this user"
-            + ("; popular items matching the query" if query else "; popular items"),
-            model=None,
-            template_version=None,
-            mode=None,
-            usage={},
-            orders=0,
-        )
-        self.profiles.save_recommendation(ServedRecommendation.from_result(result, None))
-        return result
 
 
 def _empty(user_id: str, why: str) -> RecommendationResult:
