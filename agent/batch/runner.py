@@ -430,8 +430,12 @@ async def run_batch(
     prices: PriceTable | None = None,
     http_client: httpx2.AsyncClient | None = None,
     on_progress: Callable[[Snapshot], None] | None = None,
+    limiter: RateLimiter | None = None,
 ) -> BatchSummary:
     """Run (or resume) a batch into ``settings.out_dir``; see the module docstring.
+
+    ``limiter`` replaces the run's own RPM/TPM limiter (the Ray engine passes one that leases
+    from a cluster-wide limit, ``agent.batch.ray_engine``).
 
     Always writes the outputs and returns the summary; ``summary.stop_error`` holds the
     ``BudgetExceededError`` or fatal ``ModelError`` (quota, authentication) that stopped the
@@ -441,7 +445,7 @@ async def run_batch(
     planner = Planner(agent, config, settings)
     with Ledger(settings.out_dir) as ledger:
         check_run_identity(ledger, settings, config.model)
-        limiter = RateLimiter(
+        limiter = limiter or RateLimiter(
             rpm=settings.rpm, tpm=settings.tpm, concurrency=settings.concurrency, minute_s=settings.minute_s
         )
         gate = BudgetGate(limiter, prices, config.model, settings.max_cost, ledger.totals().cost_usd)

@@ -47,6 +47,14 @@ def register(
         "--dry-run", action="store_true", help="print requests, tokens and cost; send nothing"
     )
     limits.add_argument("--minute-seconds", type=float, default=60.0, help=argparse.SUPPRESS)  # scaled tests
+    engine = batch.add_argument_group("engine")
+    engine.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="local (default) or ray (recagent[ray])"
+    )
+    engine.add_argument(
+        "--address", help="ray: a running cluster, 'auto' or HOST:PORT (default: a local Ray)"
+    )
+    engine.add_argument("--partitions", type=int, help="ray: user partitions (default: the cluster's CPUs)")
     common(batch)
 
     merge = sub.add_parser("batch-merge", help="merge the output directories of shards")
@@ -223,15 +231,48 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     config = _config(args, need_endpoint=not args.dry_run)
+    if args.engine == "ray" and not args.dry_run:
+        return _run_on_ray(args, config, settings)
     agent = _agent(args)
     if args.dry_run:
         _emit(dry_run(agent, config, settings), args.pretty)
         return 0
+    if args.address or args.partitions:
+        raise errors.ConfigError("--address and --partitions need --engine ray")
     with ProgressView() as view:
         summary = asyncio.run(run_batch(agent, config, settings, on_progress=view.update))
         view.update(summary.progress, final=True)
     _emit(summary.as_dict(), args.pretty)
     return _outcome(summary)
+
+
+def _run_on_ray(args: argparse.Namespace, config: LLMConfig, settings: BatchSettings) -> int:
+    from agent.batch.ray_engine import run_batch_ray
+    from agent.cli.options import agent_config, load_inputs
+
+    if args.partitions is not None and args.partitions < 1:
+        raise errors.ConfigError("--partitions must be at least 1")
+    agent_settings = agent_config(args)
+    events, items = load_inputs(args, args.events, args.items)
+    summary = run_batch_ray(
+        events.frame,
+        items.frame,
+        agent_settings,
+        config,
+        settings,
+        address=args.address,
+        partitions=args.partitions,
+    )
+    _emit(summary, args.pretty)
+    if summary["stopped"]:
+        raise errors.ModelError(
+            f"a partition stopped ({summary['stopped']}); re-run the same command to resume"
+        )
+    if summary["failures"]:
+        raise errors.ModelError(
+            f"{summary['failures']} requests failed (see {settings.out_dir}/failures.jsonl); re-run to retry them"
+        )
+    return 0
 
 
 def _outcome(summary: BatchSummary) -> int:
