@@ -212,6 +212,8 @@ class _Grounder:
         self.ok = {c for c in candidates if c not in self.hist}
         self.known = set(candidates) | self.hist
         self._candidates, self._titles = candidates, titles
+        self._spans: dict[tuple[str, int], tuple[Ids, int] | None] = {}  # (line, piece) -> span
+        self._splits: dict[str, tuple[list[tuple[int, int]], list[Words]]] = {}
 
     @cached_property
     def lower(self) -> dict[str, list[str]]:
@@ -261,10 +263,27 @@ class _Grounder:
         words = title_words(text)
         return self.exact_title(*words) or self.approx_title(*words)
 
+    def split(self, body: str) -> tuple[list[tuple[int, int]], list[Words]]:
+        """The line's pieces between separators and their title words (remembered)."""
+        if body not in self._splits:
+            bounds = _pieces(body)
+            self._splits[body] = bounds, [title_words(body[a:b]) for a, b in bounds]
+        return self._splits[body]
+
     def span(
         self, body: str, bounds: list[tuple[int, int]], words: list[Words], i: int
     ) -> tuple[Ids, int] | None:
-        """Best match for the pieces from ``i`` on (longest span first): ids and last piece."""
+        """Best match for the pieces from ``i`` on (longest span first): ids and last piece.
+
+        Remembered per line and piece: a paired line is read twice (``pair``, ``line``)."""
+        key = (body, i)
+        if key not in self._spans:
+            self._spans[key] = self._span(body, bounds, words, i)
+        return self._spans[key]
+
+    def _span(
+        self, body: str, bounds: list[tuple[int, int]], words: list[Words], i: int
+    ) -> tuple[Ids, int] | None:
         spans = []
         for j in range(min(len(bounds), i + 4) - 1, i - 1, -1):
             year = next((y for _, y in words[i : j + 1] if y), None)
@@ -343,8 +362,7 @@ class _Grounder:
             return []
         if pair is not None and (picked := self._paired_pick(pair, left)) is not None:
             return [picked]
-        bounds = _pieces(body)
-        words = [title_words(body[a:b]) for a, b in bounds]
+        bounds, words = self.split(body)
 
         def rest(j: int) -> str | None:  # the reason after piece j
             return body[bounds[j + 1][0] :] if j + 1 < len(bounds) else None
@@ -391,10 +409,9 @@ class _Grounder:
         title or id, one named after "because you watched" and the like, or an unknown
         title-like text; the right one is a known item, maybe introduced the same way.
         """
-        bounds = _pieces(body)
+        bounds, words = self.split(body)
         if len(bounds) < 2:
             return None
-        words = [title_words(body[a:b]) for a, b in bounds]
         i = 0
         while i < len(bounds) - 1 and _LABEL_RE.match(body[bounds[i][0] : bounds[i][1]]):
             i += 1
@@ -426,12 +443,15 @@ class _Grounder:
 
         None for a piece that introduces no item it names ("Because it is fun").
         """
-        if hit := self.span(body, bounds, words, i):
-            return hit[0], False, hit[1]
         piece = body[bounds[i][0] : bounds[i][1]]
-        if _CONTEXT_LEAD_RE.match(piece):
+        if _CONTEXT_LEAD_RE.match(piece):  # before ``span``: its fuzzy search is the slow part
             hits = [h for h in self.scan(piece) if h[2]]
             return (hits[0][1], True, i) if hits else None
+        if hit := self.span(body, bounds, words, i):
+            return hit[0], False, hit[1]
+        hits = self.scan(piece)  # a title followed by a remark: "Casino (more De Niro crime)"
+        if hits and not hits[0][2] and not piece[: hits[0][0]].strip(_QUOTES + "*_"):
+            return hits[0][1], False, i
         return None, False, i
 
     def _consumed(self, ids: Ids | None) -> bool:
