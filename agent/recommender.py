@@ -71,7 +71,7 @@ from agent.ranking.replies import (  # re-exported: the public result types live
     interpret_rankings,
     interpret_reply,
 )
-from agent.retrieval.candidates import Candidate, Retriever
+from agent.retrieval.candidates import Candidate, Retriever, RetrieverConfig
 
 __all__ = [
     "AgentConfig",
@@ -112,6 +112,9 @@ class AgentConfig:
     bootstrap_orders: int = 1
     """Rank the candidates in this many shuffled orders (one model call each) and merge the
     rankings by Borda count, so no single input order decides (costs this many calls)."""
+    retriever: RetrieverConfig | None = None
+    """Settings of the retriever the agent fits (e.g. tuned ones, ``recagent tune``); None:
+    ``RetrieverConfig()`` defaults. Ignored when a fitted ``retriever`` is passed."""
 
 
 class RecommenderAgent:
@@ -146,7 +149,7 @@ class RecommenderAgent:
         self.client = client
         self.catalog = Catalog(items)
         self.histories = UserHistories(events)
-        self.retriever = retriever or Retriever.fit(events, items)
+        self.retriever = retriever or Retriever.fit(events, items, self.config.retriever)
         self.renderer: PromptRenderer = default_renderer(self.config.template_dir)
         self.behaviors = sorted(set(KNOWN_BEHAVIORS) | set(events["behavior"].unique().tolist()))
 

@@ -78,7 +78,8 @@ def register(
     )
     run.add_argument(
         "--retriever-config",
-        help="RetrieverConfig fields as JSON or a JSON file, e.g. '{\"window\": 10}' (default: the defaults)",
+        help="RetrieverConfig fields as JSON or a JSON file, e.g. '{\"window\": 10}' or one written by "
+        "`recagent tune` (default: the defaults)",
     )
     run.add_argument(
         "--with-profile", action="store_true", help="agent: build each profile first (2 calls/user)"
@@ -124,23 +125,15 @@ def _methods(text: str) -> list[str]:
 
 
 def _retriever_config(text: str | None) -> Any:
-    """A ``RetrieverConfig`` from JSON text or a JSON file (``weights`` merge into the defaults)."""
+    """A ``RetrieverConfig`` from JSON text or a JSON file, e.g. one written by ``recagent tune``
+    (``weights`` merge into the defaults)."""
     if not text:
         return None
-    import json
-
-    from agent.retrieval.candidates import RetrieverConfig
+    from agent.retrieval.tuning import load_config
 
     try:
-        raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-        if not isinstance(raw, dict):
-            raise TypeError("expected a JSON object")
-        if "weights" in raw:
-            raw["weights"] = {**RetrieverConfig().weights, **raw["weights"]}
-        if "content_fields" in raw:
-            raw["content_fields"] = tuple(raw["content_fields"])
-        return RetrieverConfig(**raw)
-    except (OSError, ValueError, TypeError) as exc:
+        return load_config(text)
+    except ConfigError as exc:
         raise ConfigError(f"--retriever-config: {exc}") from None
 
 
