@@ -41,7 +41,7 @@ def register(
         "--time-budget", type=float, default=60.0, help="seconds of search at most (default 60)"
     )
     parser.add_argument(
-        "--max-users", type=int, default=5000, help="validation users (seeded sample; default 5000)"
+        "--max-users", type=int, default=2000, help="validation users (seeded sample; default 2000)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the user sample (default 0)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-trial progress on stderr")

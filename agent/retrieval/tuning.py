@@ -141,7 +141,7 @@ def tune(
     start: RetrieverConfig | None = None,
     *,
     time_budget_s: float = 60.0,
-    max_users: int | None = 5000,
+    max_users: int | None = 2000,
     seed: int = 0,
     space: Sequence[tuple[str, Sequence[Any]]] = SEARCH_SPACE,
     on_trial: Callable[[Trial, Trial], None] | None = None,
