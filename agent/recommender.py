@@ -79,7 +79,7 @@ from agent.ranking.replies import (  # re-exported: the public result types live
     interpret_rankings,
     interpret_reply,
 )
-from agent.retrieval.candidates import Candidate, Retriever
+from agent.retrieval.candidates import Candidate, Retriever, RetrieverConfig
 
 __all__ = [
     "MAX_K",
@@ -139,6 +139,9 @@ class AgentConfig:
     cold_start: bool = True
     """Serve a user with no events popular (or query-matched) items marked ``cold_start``;
     False raises ``UnknownUserError`` for them instead."""
+    retriever: RetrieverConfig | None = None
+    """Settings of the retriever the agent fits (e.g. tuned ones, ``recagent tune``); None:
+    ``RetrieverConfig()`` defaults. Ignored when a fitted ``retriever`` is passed."""
 
 
 class RecommenderAgent:
@@ -173,7 +176,7 @@ class RecommenderAgent:
         self.client = client
         self.catalog = Catalog(items)
         self.histories = UserHistories(events)
-        self.retriever = retriever or Retriever.fit(events, items)
+        self.retriever = retriever or Retriever.fit(events, items, self.config.retriever)
         self.renderer: PromptRenderer = default_renderer(self.config.template_dir)
         self.behaviors = sorted(set(KNOWN_BEHAVIORS) | set(events["behavior"].unique().tolist()))
 

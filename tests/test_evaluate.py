@@ -478,6 +478,35 @@ def test_cli_time_split_and_retriever_settings(tmp_path: Path, capsys: pytest.Ca
     assert capsys.readouterr().err.count("recagent: error:") == 2
 
 
+def test_cli_tunes_the_retriever_inside_the_training_split_by_default_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _evaluate(tmp_path, "--backend", "fallback", "--protocol", "loo-full", "--methods", "retriever")
+    out = tmp_path / "tuned"
+    assert main([*args, "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    tuning = run["config"]["retriever_tuning"]
+    assert tuning["trials"] >= 1 and tuning["validation_users"] >= 1
+    assert run["config"]["retriever_settings"].startswith("tuned on the training split only")
+    assert "- Retriever settings: tuned on the training split only" in (out / "report.md").read_text()
+    assert "tuning the retriever on the training split" in capsys.readouterr().err
+    # The validation targets come from the training events alone: no test target is among them.
+    from agent.evaluation.protocol import load_split
+    from agent.retrieval.tuning import validation_split
+
+    split = load_split("generic", tmp_path / "data", "loo-full")
+    fit, validation = validation_split(split.train)
+    train_pairs = set(zip(split.train["user_id"], split.train["item_id"], strict=True))
+    assert all((u, i) in train_pairs for u, i in validation.items())
+    assert len(fit) < len(split.train)
+
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain), "--no-tune"]) == 0
+    run = json.loads((plain / "run.json").read_text())
+    assert run["config"]["retriever_tuning"] is None
+    assert run["config"]["retriever_settings"] == "RetrieverConfig() defaults (--no-tune)"
+
+
 def test_amazon_sequences_hold_out_the_shipped_next_item(tmp_path: Path) -> None:
     (tmp_path / "Games.item").write_text(
         "item_id:token\ttitle:token_seq\n" + "".join(f"{j}\tGame {j}\n" for j in range(1, 9))

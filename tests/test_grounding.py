@@ -191,6 +191,129 @@ def test_history_pair_with_invented_candidate_is_invented() -> None:
     assert (r.item_ids, r.invented, r.history_hits) == (["6"], ["Die Hard 7"], [])
 
 
+# -- paired-title lines: the answer's own pattern decides which side is the pick ------------------
+# Answers a model might write when asked to explain each pick by a watched film. In each, one
+# line pairs two candidates (Heat and Casino are both on offer); the other lines show that the
+# watched film comes first, so that line's pick is the right-hand one too.
+WATCHED_LEFT = {
+    "numbered, dashes, reasons": (
+        """Based on what you've watched, here are five picks, each next to the film that inspired it:
+
+1. Cliffhanger (1993) - Die Hard 2 (1990): the same relentless action in the snow
+2. Die Hard: With a Vengeance (1995) - Twelve Monkeys (1995): Bruce Willis again, much darker
+3. Heat (1995) - Casino (1995): more De Niro, more crime
+4. Cliffhanger (1993) - The Usual Suspects (1995): a twisty thriller
+5. Die Hard: With a Vengeance (1995) - Toy Story (1995): a lighter change of pace
+
+Enjoy!""",
+        ["2", "32", "16", "50", "33"],
+    ),
+    "bulleted arrows with remarks": (
+        """Here's what I'd queue up next:
+- Cliffhanger → Die Hard 2 (mountain action to airport action)
+- Heat → Casino (more De Niro crime)
+- Die Hard: With a Vengeance → Twelve Monkeys (Bruce Willis in a very different role)""",
+        ["2", "16", "32"],
+    ),
+    "ascii arrows, no markers": (
+        """Cliffhanger -> Die Hard 2
+Die Hard: With a Vengeance -> The Usual Suspects
+Casino -> Heat""",
+        ["2", "50", "6"],
+    ),
+    "bold titles, em dashes": (
+        """**Top picks for you**
+1. **Cliffhanger** — **Die Hard 2**: same high-stakes action
+2. **Heat** — **Casino**: Scorsese's crime epic
+3. **Die Hard: With a Vengeance** — **Twelve Monkeys**: Willis again
+4. **Cliffhanger** — **Toy Story**: something lighter""",
+        ["2", "16", "32", "33"],
+    ),
+    "because you watched X: Y": (
+        """Because you watched Cliffhanger: Die Hard 2 (1990)
+Because you watched Heat: Casino (1995)
+Because you watched Die Hard: With a Vengeance, you may like: Twelve Monkeys""",
+        ["2", "16", "32"],
+    ),
+    "markdown table": (
+        """| You watched | Try next |
+|---|---|
+| Cliffhanger | Die Hard 2 |
+| Heat | Casino |
+| Die Hard: With a Vengeance | Toy Story |""",
+        ["2", "16", "33"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(WATCHED_LEFT))
+def test_paired_lines_follow_the_answers_pattern_watched_on_the_left(name: str) -> None:
+    text, expected = WATCHED_LEFT[name]
+    r = g(text)
+    assert r.item_ids == expected
+    assert (r.invented, r.duplicates, r.history_hits) == ([], [], [])
+
+
+def test_paired_lines_keep_their_reasons() -> None:
+    r = g(WATCHED_LEFT["numbered, dashes, reasons"][0])
+    assert r.reasons["16"] == "more De Niro, more crime"
+    assert r.reasons["2"] == "the same relentless action in the snow"
+
+
+def test_paired_lines_follow_the_answers_pattern_watched_on_the_right() -> None:
+    text = """1. Die Hard 2 - because you watched Cliffhanger
+2. Twelve Monkeys — if you liked Die Hard: With a Vengeance
+3. Heat - Casino
+4. The Usual Suspects: similar to Cliffhanger"""
+    r = g(text)
+    assert r.item_ids == ["2", "32", "6", "50"]  # "Heat - Casino" is Heat here
+    assert (r.invented, r.history_hits) == ([], [])
+
+
+def test_the_same_pair_is_read_by_its_answers_pattern() -> None:
+    left = "1. Cliffhanger - Die Hard 2\n2. Die Hard: With a Vengeance - Toy Story\n3. Heat - Casino"
+    right = "1. Die Hard 2 - Cliffhanger\n2. Toy Story - Die Hard: With a Vengeance\n3. Heat - Casino"
+    assert g(left).item_ids == ["2", "33", "16"]
+    assert g(right).item_ids == ["2", "33", "6"]
+    assert g(right).history_hits == []
+
+
+def test_a_left_title_shared_by_a_watched_item_and_a_candidate_is_the_watched_one() -> None:
+    # The catalog holds two items titled "Cliffhanger (1993)": the one watched and another id.
+    candidates = {**MOVIES, "434-dvd": "Cliffhanger (1993)"}
+    r = g("1. Cliffhanger - Die Hard 2: more action", candidates, history=HIST_IDS, history_titles=HISTORY)
+    assert (r.item_ids, r.reasons, r.invented) == (["2"], {"2": "more action"}, [])
+
+
+def test_paired_lines_without_history_titles_follow_the_pattern() -> None:
+    # Only history ids are known (as in the agent's own grounding): the watched titles are
+    # unknown text, and an unknown title beside a candidate marks the watched side.
+    text = """1. Cliffhanger - Die Hard 2
+2. Speed - Heat
+3. Heat - Casino
+4. Reservoir Dogs - The Usual Suspects"""
+    r = g(text, history_titles={})
+    assert (r.item_ids, r.invented) == (["2", "6", "16", "50"], [])
+
+
+def test_paired_strings_in_a_json_list_follow_the_pattern() -> None:
+    answer = '["Cliffhanger - Die Hard 2", "Heat - Casino", "Die Hard: With a Vengeance - Toy Story"]'
+    assert g(answer).item_ids == ["2", "16", "33"]
+
+
+def test_without_a_pattern_the_left_title_of_a_pair_is_the_pick() -> None:
+    # No line puts a watched item on one side, or the sides are evenly split: nothing to infer.
+    assert g("1. Heat - Casino\n2. Twelve Monkeys - a time-travel puzzle").item_ids == ["6", "32"]
+    mixed = "1. Cliffhanger - Die Hard 2\n2. Toy Story - because you watched Cliffhanger\n3. Heat - Casino"
+    assert g(mixed).item_ids == ["2", "33", "6"]
+
+
+def test_with_the_pattern_an_arrow_to_an_unknown_title_is_invented() -> None:
+    text = "- Cliffhanger → Die Hard 2\n- Die Hard: With a Vengeance → Twelve Monkeys\n- Heat → Die Hard 7"
+    r = g(text)
+    assert (r.item_ids, r.invented) == (["2", "32"], ["Die Hard 7"])
+
+
 def test_same_title_other_year_is_told_apart() -> None:
     r = ground("1. Heat (1986)\n2. Heat", {"6": "Heat (1995)"}, ["h"], history_titles={"h": "Heat (1986)"})
     assert (r.item_ids, r.history_hits) == (["6"], ["h"])

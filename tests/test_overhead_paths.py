@@ -97,7 +97,7 @@ def test_dumped_lines_are_model_dump_and_render_like_jinja(models: list[BaseMode
 @settings(max_examples=300, deadline=None)
 @given(models=st.lists(HISTORY_LINES, min_size=1, max_size=4))
 def test_history_pieces_are_the_lines_and_their_exact_counts(models: list[HistoryLine]) -> None:
-    for model_name in (MODEL, "gpt-4"):  # o200k (or its offline stand-in) and cl100k
+    for model_name in (MODEL, "gpt-4"):  # o200k and cl100k
         encoding = encoding_for(model_name)
         got = history_pieces(models, encoding)
         finite = all(

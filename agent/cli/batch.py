@@ -99,9 +99,10 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-completion-tokens", type=int, help="reply cap, reserved against TPM (default 2000)"
     )
-    from agent.cli.options import FUSION_HELP
+    from agent.cli.options import FUSION_HELP, add_retriever_arg
 
     group.add_argument("--fusion", default="prior", metavar="{prior,off,FILE}", help=FUSION_HELP)
+    add_retriever_arg(group)
 
 
 def _settings(args: argparse.Namespace) -> BatchSettings:

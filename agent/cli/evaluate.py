@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -79,7 +80,17 @@ def register(
     )
     run.add_argument(
         "--retriever-config",
-        help="RetrieverConfig fields as JSON or a JSON file, e.g. '{\"window\": 10}' (default: the defaults)",
+        help="RetrieverConfig fields as JSON or a JSON file, e.g. '{\"window\": 10}' or one written by "
+        "`recagent tune` (default: tuned on the training split, see --no-tune)",
+    )
+    run.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="without --retriever-config: use the retriever's built-in defaults instead of tuning "
+        "them on the training split (each user's last training interaction held out)",
+    )
+    run.add_argument(
+        "--tune-budget", type=float, default=60.0, help="seconds of retriever tuning at most (default 60)"
     )
     run.add_argument(
         "--with-profile", action="store_true", help="agent: build each profile first (2 calls/user)"
@@ -131,24 +142,60 @@ def _methods(text: str) -> list[str]:
     return names
 
 
+def _tune_retriever(train: Any, items: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Retriever settings tuned on the training split alone (``agent.retrieval.tuning``)."""
+    from agent.retrieval.tuning import tune
+
+    if args.tune_budget <= 0:
+        raise ConfigError("--tune-budget must be positive")
+    print(
+        f"tuning the retriever on the training split (at most {args.tune_budget:g} s; --no-tune skips)",
+        file=sys.stderr,
+    )
+    count = 0
+
+    def progress(trial: Any, best: Any) -> None:
+        nonlocal count
+        count += 1
+        if args.verbose:
+            change = ", ".join(f"{k}={v}" for k, v in trial.change.items()) or "start"
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in trial.metrics.items())
+            print(f"tune: trial {count} {change}: {metrics}{'  *' if trial is best else ''}", file=sys.stderr)
+
+    result = tune(train, items, time_budget_s=args.tune_budget, on_trial=progress)
+    report = result.report()
+    print(
+        f"tuned the retriever in {report['seconds']} s ({report['trials']} trials, {report['stopped']}): "
+        f"validation {report['start_metrics']} -> {report['metrics']}",
+        file=sys.stderr,
+    )
+    return result.config, report
+
+
+def _settings_note(args: argparse.Namespace, tuning: dict[str, Any] | None) -> str:
+    if tuning is not None:
+        return (
+            f"tuned on the training split only ({tuning['validation_users']} users' last training "
+            f"interaction held out; {tuning['trials']} trials, {tuning['seconds']} s, {tuning['stopped']}; "
+            f"validation ndcg@10 {tuning['start_metrics']['ndcg@10']} -> {tuning['metrics']['ndcg@10']}, "
+            f"hit@50 {tuning['start_metrics']['hit@50']} -> {tuning['metrics']['hit@50']}); "
+            f"changed from the defaults: {json.dumps(tuning['changed'])}"
+        )
+    if args.retriever_config:
+        return "given by --retriever-config"
+    return "RetrieverConfig() defaults (--no-tune)"
+
+
 def _retriever_config(text: str | None) -> Any:
-    """A ``RetrieverConfig`` from JSON text or a JSON file (``weights`` merge into the defaults)."""
+    """A ``RetrieverConfig`` from JSON text or a JSON file, e.g. one written by ``recagent tune``
+    (``weights`` merge into the defaults)."""
     if not text:
         return None
-    import json
-
-    from agent.retrieval.candidates import RetrieverConfig
+    from agent.retrieval.tuning import load_config
 
     try:
-        raw = json.loads(Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text)
-        if not isinstance(raw, dict):
-            raise TypeError("expected a JSON object")
-        if "weights" in raw:
-            raw["weights"] = {**RetrieverConfig().weights, **raw["weights"]}
-        if "content_fields" in raw:
-            raw["content_fields"] = tuple(raw["content_fields"])
-        return RetrieverConfig(**raw)
-    except (OSError, ValueError, TypeError) as exc:
+        return load_config(text)
+    except ConfigError as exc:
         raise ConfigError(f"--retriever-config: {exc}") from None
 
 
@@ -387,6 +434,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     steps(f"fitting the retriever on {len(split.train):,} training events")
     retriever_config = _retriever_config(args.retriever_config)
+    tuning = None
+    if retriever_config is None and not args.no_tune:
+        retriever_config, tuning = _tune_retriever(split.train, split.items, args)
+        timings["tune"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
     training = TrainingData(split.train, split.items, retriever_config)
     timings["fit"] = time.perf_counter() - t0
 
@@ -490,6 +542,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "fusion_weights": asdict(agent.agent.config.fusion) if agent and agent.agent.config.fusion else None,
         "bootstrap": args.bootstrap,
         "retriever_config": repr(retriever_config) if retriever_config else "RetrieverConfig() defaults",
+        "retriever_settings": _settings_note(args, tuning),
+        "retriever_tuning": tuning,
         "candidates_from": str(args.candidates) if args.candidates else None,
     }
     run = EvalRun(

@@ -20,6 +20,7 @@ from agent.cli.options import (
     add_model_args,
     add_profile_store_args,
     add_ranking_args,
+    add_retriever_arg,
     agent_config,
     build_agent,
     check_k,
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--query", help="what the user asked for, in words")
     recommend.add_argument("--with-profile", action="store_true", help="build the profile first and use it")
     add_ranking_args(recommend)
+    add_retriever_arg(recommend)
     add_db_arg(recommend)
     add_model_args(recommend)
 
@@ -187,6 +189,7 @@ EXTENSION_MODULES: tuple[str, ...] = (
     "agent.cli.fusion",
     "agent.cli.serve",
     "agent.cli.mcp",
+    "agent.cli.tune",
 )
 
 

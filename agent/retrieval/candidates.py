@@ -73,7 +73,10 @@ class RetrieverConfig:
 
     The defaults sit between the settings tuned on the ML-100K and Amazon Games validation
     splits (docs/BENCHMARKS.md): dense logs with session-like rating bursts gain from
-    ``window``, sparse purchase sequences from more ``neighbors`` and ``shrink``.
+    ``window``, sparse purchase sequences from more ``neighbors`` and ``shrink``. Being a
+    compromise, they are weaker on either (ML-100K test NDCG@10 0.0747 vs 0.12 tuned):
+    ``agent.retrieval.tuning.tune`` (``recagent tune``; ``recagent evaluate`` by default)
+    finds settings for a given log on that log's own last interactions.
     """
 
     weights: Mapping[str, float] = field(default_factory=_default_weights)
