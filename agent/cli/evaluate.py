@@ -427,6 +427,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if loaded[0].get(key) not in (None, value):
                 raise ConfigError(f"--candidates was made with {key} {loaded[0][key]!r}, not {value!r}")
     _, setting = protocol_parts(protocol)
+    if setting != "full" and not loaded and min(ks) >= negatives + 1:  # known before any work
+        raise ConfigError(
+            f"every -k value ({', '.join(map(str, ks))}) is >= the {negatives + 1} candidates per user, "
+            "where hit@k is always 1; use smaller cut-offs or more --negatives"
+        )
 
     steps(f"loading {args.dataset} from {args.path} and splitting ({protocol}, {args.split})")
     split = load_split(args.dataset, args.path, protocol, part=args.split, cutoff=_cutoff(args.cutoff))

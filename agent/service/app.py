@@ -54,6 +54,7 @@ from agent.profiles.versions import ProfileVersion
 from agent.recommender import AgentConfig, RecommendationResult
 from agent.service import api_models as m
 from agent.service.config import ServiceConfig
+from agent.service.errors import error_response
 from agent.service.keys import Principal, authenticate
 from agent.service.mcp_http import McpEndpoint
 from agent.service.observability import REQUEST_ID, Metrics, access_log, new_request_id
@@ -86,15 +87,6 @@ class ApiError(Exception):
             headers,
             details,
         )
-
-
-def error_response(
-    status: int, type_: str, message: str, *, headers: dict[str, str] | None = None, details: Any = None
-) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "message": message, "request_id": REQUEST_ID.get()}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 _RECOMMENDER_ERRORS: tuple[tuple[type[errors.RecommenderError], int, str], ...] = (

@@ -16,7 +16,7 @@ servers).
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -26,11 +26,22 @@ from starlette.types import Receive, Scope, Send
 
 from agent.chat.tools import Toolbox
 from agent.mcp.server import UserSession, build_server
+from agent.service.errors import error_response
 from agent.service.keys import authenticate
 from agent.service.observability import REQUEST_ID
+from agent.service.ratelimit import RateLimiter
+from agent.service.runtime import TenantRuntime
+from agent.service.storage import ServiceStore
 
-if TYPE_CHECKING:
-    from agent.service.app import Service
+
+class ServiceParts(Protocol):
+    """What the endpoint uses of ``agent.service.app.Service`` (a protocol: no import cycle)."""
+
+    store: ServiceStore
+    limiter: RateLimiter
+
+    def runtime(self, tenant: str) -> TenantRuntime: ...
+
 
 USER_HEADER = "x-recagent-user"
 MAX_USER_ID = 256
@@ -44,7 +55,7 @@ def _key(headers: Any) -> str:
 class McpEndpoint:
     """The ``/mcp`` route: the auth guard in front of the SDK's streamable HTTP transport."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: ServiceParts) -> None:
         self.service = service
         self.server: MCPServer = build_server(self._session)
         self.server.streamable_http_app(
@@ -72,8 +83,6 @@ class McpEndpoint:
         return UserSession(toolbox=toolbox, store=runtime.profiles, can_write=principal.allows("write"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from agent.service.app import error_response
-
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         principal = authenticate(self.service.store, _key(headers))
         user = headers.get(USER_HEADER, "")
