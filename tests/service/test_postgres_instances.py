@@ -18,19 +18,28 @@ def test_two_instances_share_feedback_events_and_items_without_losing_updates(
     one = service_factory(store_url, base_url=None, extra=("--rate-limit", "100000"))
     two = service_factory(store_url, base_url=None, items=None, events=None, extra=("--rate-limit", "100000"))
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=one.url, headers=headers, timeout=30) as a, httpx.Client(
-        base_url=two.url, headers=headers, timeout=30
-    ) as b:
+    with (
+        httpx.Client(base_url=one.url, headers=headers, timeout=30) as a,
+        httpx.Client(base_url=two.url, headers=headers, timeout=30) as b,
+    ):
         # what one instance writes, the other reads at once
         shown = a.get("/v1/users/u003/recommendations", params={"k": 5}).json()["items"]
         disliked = shown[0]["item_id"]
-        assert a.post("/v1/users/u003/feedback", json={"item_id": disliked, "signal": "dislike"}).status_code == 200
-        assert disliked not in [i["item_id"] for i in b.get("/v1/users/u003/recommendations", params={"k": 5}).json()["items"]]
+        assert (
+            a.post("/v1/users/u003/feedback", json={"item_id": disliked, "signal": "dislike"}).status_code
+            == 200
+        )
+        assert disliked not in [
+            i["item_id"] for i in b.get("/v1/users/u003/recommendations", params={"k": 5}).json()["items"]
+        ]
         b.put("/v1/items", json={"items": [{"item_id": "SKU-SHARED", "title": "Orrery Brass Globe Lamp"}]})
         assert a.get("/v1/items/SKU-SHARED").json()["title"] == "Orrery Brass Globe Lamp"
 
         # concurrent feedback through both instances: none lost, none doubled
-        items = [i["item_id"] for i in a.get("/v1/users/stranger/recommendations", params={"k": 50}).json()["items"]]
+        items = [
+            i["item_id"]
+            for i in a.get("/v1/users/stranger/recommendations", params={"k": 50}).json()["items"]
+        ]
 
         def send(n: int) -> int:
             client = a if n % 2 else b

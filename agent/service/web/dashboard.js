@@ -9,6 +9,7 @@ const EVERY_MS = 10_000;
 export function mountDashboard(app) {
   const auto = document.getElementById("dash-auto");
   const updated = document.getElementById("dash-updated");
+  const panel = document.getElementById("dashboard");
   const set = (id, text) => { document.getElementById(id).textContent = text; };
 
   async function load() {
@@ -25,6 +26,8 @@ export function mountDashboard(app) {
     const invented = process.grounding.invented;
     set("dash-grounded", invented === null ? "–" : percent(1 - invented));
     updated.textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;
+    // how many answers the tiles show: lets a test (or a person) see that a refresh landed
+    panel.dataset.loads = String(Number(panel.dataset.loads || 0) + 1);
     return tenant;
   }
 
