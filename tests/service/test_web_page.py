@@ -298,3 +298,23 @@ def test_the_page_works_from_the_keyboard_with_labelled_controls(
     page.keyboard.press("Enter")
     expect(page.locator("#recs-list .card").first).to_have_attribute("data-reaction", "like")
     assert browser.console_errors == []
+
+
+def test_a_wrong_key_is_refused_and_signing_out_forgets_the_key(
+    console: LiveService, browser: Browser
+) -> None:
+    page = browser.page
+    page.goto(f"{console.url}/")
+    page.get_by_label("API key").fill("rk_00000000_not-a-real-key-at-all")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#status")).to_contain_text("unknown or revoked API key")
+    expect(page.get_by_label("API key")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+    page = sign_in(browser, console, console.keys["ro"], user="u007")
+    page.reload()  # the key outlives a reload of the tab...
+    expect(page.locator("#recs-list .card").first).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()  # ...but not signing out
+    expect(page.get_by_label("API key")).to_be_focused()
+    assert page.evaluate("() => sessionStorage.getItem('recagent.apiKey')") is None
+    expect(page.locator("#recs-list .card")).to_have_count(0)
