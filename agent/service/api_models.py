@@ -166,3 +166,48 @@ class StatsOut(BaseModel):
     data_version: list[int]
     rebuilds: int
     last_rebuild_s: float | None
+
+
+class TenantCounts(BaseModel):
+    users: int
+    items: int
+    events: int
+    feedback: int
+
+
+class GroundingRates(BaseModel):
+    invented: float | None = Field(
+        description="mean share of a list's model picks that named no catalog item"
+    )
+    duplicate: float | None = Field(description="mean share that repeated an item already in the list")
+    history: float | None = Field(description="mean share that named an item the user already had")
+
+
+class ProcessMetrics(BaseModel):
+    """What this server process has done since it started, for every tenant it serves: the
+    numbers of ``/metrics`` (counts only, no ids, no tenant names)."""
+
+    uptime_s: float
+    requests: int
+    server_errors: int = Field(description="answers with a 5xx status")
+    requests_last_minute: int
+    requests_per_s: float = Field(description="over the last minute")
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float = Field(description="estimated from the model's list prices")
+    lists_served: int
+    lists_by_mode: dict[str, int] = Field(description="model, fallback, cold_start")
+    items_by_source: dict[str, int] = Field(description="llm, retriever, fallback, cold_start")
+    fallback_rate: float | None = Field(
+        description="lists served without the model's ranking / lists for users with history"
+    )
+    grounding: GroundingRates
+    events_ingested: int
+    feedback: int
+
+
+class DashboardOut(BaseModel):
+    tenant: str
+    counts: TenantCounts = Field(description="the key's tenant, from the store")
+    process: ProcessMetrics = Field(description="this server process, all tenants together")

@@ -61,6 +61,7 @@ from agent.service.observability import REQUEST_ID, Metrics, access_log, new_req
 from agent.service.ratelimit import RateLimiter
 from agent.service.runtime import TenantRuntime
 from agent.service.storage import IdempotencyConflict, ServiceStore
+from agent.service.web import mount_web
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,7 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
             took = time.perf_counter() - start
             route = getattr(request.scope.get("route"), "path", "unmatched")
             service.metrics.requests.labels(request.method, route, str(status)).inc()
+            service.metrics.recent.add()
             service.metrics.latency.labels(route).observe(took)
             principal = getattr(request.state, "principal", None)
             user = request.path_params.get("user_id")
@@ -679,6 +681,20 @@ def create_app(config: ServiceConfig, store: ServiceStore, client: ChatClient | 
             last_rebuild_s=round(snapshot.built_in_s, 4),
         )
 
+    @app.get(
+        "/v1/dashboard",
+        tags=["ops"],
+        summary="The web page's dashboard: the tenant's counts and this process's metrics",
+    )
+    def dashboard(who: Reader) -> m.DashboardOut:
+        counts = store.counts(who.tenant)
+        return m.DashboardOut(
+            tenant=who.tenant,
+            counts=m.TenantCounts(**{k: counts[k] for k in ("users", "items", "events", "feedback")}),
+            process=m.ProcessMetrics(**service.metrics.summary()),
+        )
+
+    mount_web(app)
     return app
 
 

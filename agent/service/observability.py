@@ -9,6 +9,8 @@
   user (``agent.data.privacy.Pseudonymizer``, keyed by ``RECAGENT_PSEUDONYM_KEY`` or a per-
   process random key). No raw user id, no key, no body.
 * Metrics use their own registry per app, so two apps in one process (tests) don't collide.
+* ``Metrics.summary()`` reads that registry back for the dashboard (``GET /v1/dashboard``):
+  the same process-wide numbers ``/metrics`` exposes, plus the request rate of the last minute.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import contextvars
 import json
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Summary
@@ -73,10 +77,46 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class RecentRequests:
+    """Requests answered in the last ``window_s`` seconds, in one-second buckets.
+
+    Prometheus counters only grow; a rate needs two readings apart in time. The dashboard
+    wants one number from one reading, so the process keeps this small window as well
+    (at most ``window_s`` buckets, whatever the traffic).
+    """
+
+    def __init__(self, window_s: int = 60, clock: Any = time.monotonic) -> None:
+        self.window_s, self._clock = window_s, clock
+        self._buckets: deque[list[int]] = deque()  # [second, count], oldest first
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        now = int(self._clock())
+        with self._lock:
+            if self._buckets and self._buckets[-1][0] == now:
+                self._buckets[-1][1] += 1
+            else:
+                self._buckets.append([now, 1])
+            self._drop_before(now - self.window_s + 1)
+
+    def count(self) -> int:
+        """Requests in the window ending now."""
+        now = int(self._clock())
+        with self._lock:
+            self._drop_before(now - self.window_s + 1)
+            return sum(n for _, n in self._buckets)
+
+    def _drop_before(self, oldest: int) -> None:
+        while self._buckets and self._buckets[0][0] < oldest:
+            self._buckets.popleft()
+
+
 class Metrics:
     """The service's Prometheus metrics (``GET /metrics``)."""
 
     def __init__(self) -> None:
+        self.started = time.time()
+        self.recent = RecentRequests()
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -136,3 +176,63 @@ class Metrics:
         for kind in ("invented_rate", "duplicate_rate", "history_rate"):
             if kind in (result.grounding or {}):
                 self.grounding.labels(kind.removesuffix("_rate")).observe(float(result.grounding[kind]))
+
+    def summary(self) -> dict[str, Any]:
+        """This process's numbers for the dashboard, read from the registry (no tenant data).
+
+        Rates are ``None`` until there is something to divide by: the fallback rate over the
+        lists served with history (cold-start lists are not fallbacks), the grounding rates
+        as the mean per-list rate of invented, duplicate and already-seen items.
+        """
+        totals = _totals(self.registry)
+        lists = {mode: int(n) for (name, mode), n in totals.items() if name == "recagent_recommendations"}
+        sources = {src: int(n) for (name, src), n in totals.items() if name == "recagent_items_served"}
+        fallbacks = totals.get(("recagent_fallbacks", ""), 0.0)
+        with_history = sum(n for mode, n in lists.items() if mode != "cold_start")
+        grounding: dict[str, float | None] = {}
+        for kind in ("invented", "duplicate", "history"):
+            count = totals.get(("recagent_grounding_rate_count", kind), 0.0)
+            total = totals.get(("recagent_grounding_rate_sum", kind), 0.0)
+            grounding[kind] = round(total / count, 4) if count else None
+        requests = sum(n for (name, _), n in totals.items() if name == "recagent_http_requests")
+        errors = sum(
+            n
+            for (name, status), n in totals.items()
+            if name == "recagent_http_requests" and status[:1] == "5"
+        )
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "requests": int(requests),
+            "server_errors": int(errors),
+            "requests_last_minute": self.recent.count(),
+            "requests_per_s": round(self.recent.count() / self.recent.window_s, 3),
+            "model_calls": int(totals.get(("recagent_model_calls", ""), 0.0)),
+            "prompt_tokens": int(totals.get(("recagent_model_tokens", "prompt"), 0.0)),
+            "completion_tokens": int(totals.get(("recagent_model_tokens", "completion"), 0.0)),
+            "cost_usd": round(totals.get(("recagent_model_cost_usd", ""), 0.0), 6),
+            "lists_served": sum(lists.values()),
+            "lists_by_mode": lists,
+            "items_by_source": sources,
+            "fallback_rate": round(fallbacks / with_history, 4) if with_history else None,
+            "grounding": grounding,
+            "events_ingested": int(totals.get(("recagent_events_ingested", ""), 0.0)),
+            "feedback": int(sum(n for (name, _), n in totals.items() if name == "recagent_feedback")),
+        }
+
+
+def _totals(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    """Sample values summed by (sample name without ``_total``, the value of its one label that
+    the dashboard splits by, or "")."""
+    out: dict[tuple[str, str], float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            name = sample.name.removesuffix("_total")
+            label = next((sample.labels[k] for k in _SPLIT_BY if k in sample.labels), "")
+            out[(name, label)] = out.get((name, label), 0.0) + sample.value
+    return out
+
+
+# The label each metric is split by on the dashboard (the others are summed over).
+_SPLIT_BY = ("status", "mode", "source", "kind", "signal")

@@ -273,6 +273,29 @@ def test_health_readiness_and_metrics(live_service: LiveService) -> None:
     assert "u001" not in text and "stranger" not in text
 
 
+def test_the_dashboard_has_the_tenants_counts_and_this_processs_metrics(live_service: LiveService) -> None:
+    with live_service.client(live_service.keys["ro"]) as http:
+        empty = http.get("/v1/dashboard").json()
+        http.get("/v1/users/u001/recommendations", params={"k": 3})
+        http.get("/v1/users/stranger/recommendations", params={"k": 3})
+        stats = http.get("/v1/stats").json()
+        after = http.get("/v1/dashboard").json()
+        text = http.get("/metrics").text
+    assert empty["process"]["fallback_rate"] is None and empty["process"]["grounding"]["invented"] is None
+    assert after["tenant"] == "shop"
+    assert after["counts"] == {k: stats[k] for k in ("users", "items", "events", "feedback")}
+    process = after["process"]
+    # the numbers /metrics exposes, read back: one model list, one cold-start list
+    assert process["lists_by_mode"] == {"model": 1, "cold_start": 1} and process["lists_served"] == 2
+    assert process["model_calls"] == 1 and process["fallback_rate"] == 0.0
+    assert f"recagent_model_calls_total {process['model_calls']}.0" in text
+    assert process["prompt_tokens"] > 0 and process["cost_usd"] > 0
+    assert process["grounding"]["invented"] is not None and 0 <= process["grounding"]["invented"] <= 1
+    assert process["requests"] >= empty["process"]["requests"] + 4
+    assert process["requests_last_minute"] >= empty["process"]["requests_last_minute"] + 4
+    assert process["server_errors"] == 0
+
+
 def test_access_logs_are_json_with_request_ids_and_no_raw_ids_or_keys(live_service: LiveService) -> None:
     key = live_service.keys["rw"]
     with live_service.client(key) as http:
