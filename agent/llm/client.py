@@ -136,10 +136,16 @@ class _MalformedBody(Exception):
     """The server answered 2xx with a body that is not a chat completion (garbled JSON, text)."""
 
 
+class RequestDeadlineError(Exception):
+    """An attempt outlived ``timeout_s`` as a whole (connect + send + full body); retryable."""
+
+
 def _is_retryable(exc: BaseException) -> bool:
     import openai  # the SDK loads on first use: a command without a model never pays for it
 
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, _MalformedBody)):
+    if isinstance(
+        exc, (openai.APITimeoutError, openai.APIConnectionError, _MalformedBody, RequestDeadlineError)
+    ):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS and _error_code(exc) != "insufficient_quota"
@@ -194,7 +200,7 @@ def map_transport_error(
         return errors.CassetteMissError(str(exc), attempts=attempts, usage=usage, template=exc.template)
     if isinstance(exc, openai.APIStatusError):
         return _map_status_error(exc, attempts, usage, template)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, RequestDeadlineError)):
         return errors.TransportError(
             f"request timed out after {timeout_s:g}s ({attempts} attempts)", **kwargs
         )
@@ -370,6 +376,10 @@ class ChatClient:
         # loaded by the first client, not by `import agent` or a command without a model.
         import openai
 
+        from agent.llm.deadline import deadline_client
+
+        if http_client is None:  # --timeout bounds each whole request, not each network read
+            http_client = deadline_client(self.config.timeout_s)
         self._sdk = openai.OpenAI(
             api_key=self.config.api_key or "not-needed",
             base_url=self.config.base_url,

@@ -1,0 +1,140 @@
+"""Regression tests for the adversarial probe's findings (issue 16): each failed before its fix.
+
+Hostile servers are real ``LoopbackServer``s on 127.0.0.1 (a body dripped one byte at a time,
+Batch API ids that climb out of a directory, keys echoed back); nothing here depends on timing
+beyond generous bounds (a 1 s deadline against a reply that would take 30 s or more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from agent import errors
+from agent.batch import openai_batch
+from agent.batch.runner import BatchSettings, run_batch
+from agent.cli.main import main
+from agent.data.loading import align_catalog, load_events, load_items
+from agent.llm.async_client import AsyncChatClient
+from agent.llm.client import ChatClient, LLMConfig
+from agent.prompting.schemas import BehaviorProfile
+from agent.prompting.templates import ProfileInputs, render
+from agent.recommender import RecommenderAgent
+from agent.testing.loopback import BatchConfig, LoopbackServer, Reply
+from agent.testing.standin_model import respond
+from tests.conftest import SAMPLE
+
+DATA = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.csv")]
+DRIP_S = 0.05
+"""One byte every 50 ms: well under any read timeout, so only a whole-request deadline ends it;
+a completion of 600+ bytes takes 30 s or more to drip."""
+BOUND_S = 10.0
+"""How long a request with a 1 s deadline may take here, retries and a loaded machine included."""
+
+
+@pytest.fixture(scope="module")
+def agent() -> RecommenderAgent:
+    items = load_items(SAMPLE / "items.csv")
+    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
+    return RecommenderAgent(events.frame, items.frame, None)
+
+
+def standin(body: dict[str, Any]) -> Reply:
+    return Reply(content=respond(body))
+
+
+def _prompt() -> Any:
+    return render("profile", ProfileInputs(behaviors=["view"], history=[], total_events=0))
+
+
+# -- 1. the timeout bounds the whole request -------------------------------------------------------
+def test_sync_client_timeout_bounds_a_dripped_body() -> None:
+    with LoopbackServer(responder=standin, drip_s=DRIP_S) as srv:
+        config = LLMConfig(base_url=srv.base_url, api_key="not-a-key", timeout_s=1.0, max_retries=0)
+        with ChatClient(config) as client:
+            start = time.monotonic()
+            with pytest.raises(errors.TransportError, match="timed out after 1s"):
+                client.complete(_prompt(), BehaviorProfile)
+            assert time.monotonic() - start < BOUND_S
+
+
+def test_async_client_timeout_bounds_a_dripped_body(agent: RecommenderAgent, tmp_path: Path) -> None:
+    with LoopbackServer(responder=standin, drip_s=DRIP_S) as srv:
+        config = LLMConfig(base_url=srv.base_url, api_key="not-a-key", timeout_s=1.0, max_retries=0)
+        settings = BatchSettings(out_dir=tmp_path, users=[f"u00{i}" for i in range(1, 6)], concurrency=10)
+        start = time.monotonic()
+        summary = asyncio.run(run_batch(agent, config, settings))
+        assert time.monotonic() - start < BOUND_S
+    assert summary.failures == 10 and summary.results == 0  # 10 in flight at once, all timed out
+    failure = json.loads((tmp_path / "failures.jsonl").read_text().splitlines()[0])
+    assert "timed out after 1s" in failure["error"]["message"]
+
+
+def test_async_client_deadline_is_per_attempt_and_retryable() -> None:
+    with LoopbackServer(responder=standin, drip_s=DRIP_S) as srv:
+        config = LLMConfig(
+            base_url=srv.base_url, api_key="not-a-key", timeout_s=0.5, max_retries=1, backoff_base_s=0
+        )
+
+        async def go() -> None:
+            async with AsyncChatClient(config) as client:
+                with pytest.raises(errors.TransportError) as caught:
+                    await client.complete(_prompt(), BehaviorProfile)
+                assert caught.value.attempts == 2
+
+        asyncio.run(go())
+
+
+def test_batch_api_client_timeout_bounds_a_dripped_body(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = str(tmp_path / "run")
+    users = tmp_path / "users.txt"
+    users.write_text("u001\n")
+    assert main(["openai-batch", "prepare", *DATA, "--out", out, "--users", str(users)]) == 0
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
+    with LoopbackServer(responder=standin, drip_s=DRIP_S) as srv:
+        start = time.monotonic()
+        code = main(["openai-batch", "submit", "--out", out, "--base-url", srv.base_url, "--timeout", "1"])
+        assert time.monotonic() - start < BOUND_S
+    assert code == errors.TransportError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "timed out" in err.lower()
+
+
+# -- 2. server ids never become paths outside --out ----------------------------------------------------
+def test_hostile_batch_and_file_ids_stay_inside_out(agent: RecommenderAgent, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = BatchSettings(out_dir=out, users=["u001", "u002"], tasks=("profile",))
+    openai_batch.prepare(agent, LLMConfig(api_key="not-a-key"), settings)
+    hostile = BatchConfig(polls_to_complete=0, rename_id=lambda fresh: "../../" + fresh)
+    with (
+        LoopbackServer(responder=standin, batch=hostile) as srv,
+        openai.OpenAI(base_url=srv.base_url, api_key="not-a-key", max_retries=0) as client,
+    ):
+        openai_batch.submit(client, out)
+        report = openai_batch.collect(client, out)
+        assert all(batch_id.startswith("../../") for batch_id in srv.batches.batches)
+    assert report["results"] == 2
+    written = {p.resolve() for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(p.is_relative_to(out.resolve()) for p in written), written
+    assert not list(tmp_path.glob("*.jsonl"))  # nothing landed next to --out
+
+
+def test_a_dot_dot_batch_id_is_a_typed_error(agent: RecommenderAgent, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = BatchSettings(out_dir=out, users=["u001"], tasks=("profile",))
+    openai_batch.prepare(agent, LLMConfig(api_key="not-a-key"), settings)
+    dotdot = BatchConfig(polls_to_complete=0, rename_id=lambda fresh: ".." if "batch" in fresh else fresh)
+    with (
+        LoopbackServer(responder=standin, batch=dotdot) as srv,
+        openai.OpenAI(base_url=srv.base_url, api_key="not-a-key", max_retries=0) as client,
+        pytest.raises(errors.TransportError, match="unusable batch id"),
+    ):
+        openai_batch.submit(client, out)
