@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.secrets import redact
+
 
 class RecommenderError(Exception):
     """Base class of every error recagent raises on purpose."""
@@ -122,10 +124,12 @@ class ModelError(RecommenderError):
         template: str | None = None,
     ) -> None:
         self.attempts = attempts
-        self.last_reply = last_reply
+        # Servers echo keys in errors and replies; what an error carries ends up in failure
+        # files, ledgers and on stderr, so it never holds one (see agent.secrets).
+        self.last_reply = redact(last_reply) if last_reply is not None else None
         self.usage = usage or Usage()
         self.template = template
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 class TransportError(ModelError):

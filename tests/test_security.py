@@ -138,3 +138,109 @@ def test_a_dot_dot_batch_id_is_a_typed_error(agent: RecommenderAgent, tmp_path: 
         pytest.raises(errors.TransportError, match="unusable batch id"),
     ):
         openai_batch.submit(client, out)
+
+
+# -- 3. no API key in anything printed or persisted -------------------------------------------------
+KEY = "loopback-key-7f3a9c21e5d4"
+"""Not shaped like ``sk-...``: only the registered configured key can catch it."""
+SHAPED = "sk-proj-EchoedBack0123456789"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _leaks(text: str, *secrets: str) -> list[str]:
+    import re
+
+    found = [s for s in secrets if s in text]
+    found += re.findall(r"\bsk-[A-Za-z0-9_\-]{6,}|Bearer\s+(?!\[redacted\])\S{6,}", text)
+    return found
+
+
+def _artifacts(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (SQLite databases and their WAL included), as text."""
+    return {str(p): p.read_bytes().decode("utf-8", "replace") for p in root.rglob("*") if p.is_file()}
+
+
+def test_credentials_in_the_base_url_never_reach_stderr_failures_or_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://user:{KEY}@127.0.0.1:{_closed_port()}/v1?api-key={SHAPED}x&api-version=1"
+    out = tmp_path / "run"
+    users = tmp_path / "users.txt"
+    users.write_text("u001\n")
+    run = ["--out", str(out), "--users", str(users), "--task", "profile", "--base-url", url]
+    code = main(["batch", *DATA, *run])
+    assert code == errors.ModelError.exit_code
+    captured = capsys.readouterr()
+    failures = (out / "failures.jsonl").read_text()
+    assert "cannot reach http://127.0.0.1:" in failures and "api-key=[redacted]" in failures
+    assert "api-version=1" in failures  # only credentials are hidden
+    for where, text in {"stdout": captured.out, "stderr": captured.err, **_artifacts(tmp_path)}.items():
+        assert not _leaks(text, KEY, SHAPED), where
+
+
+def _echoing(body: dict[str, Any]) -> Reply:
+    """The stand-in's reply with the key (bare and as a bearer token) in every free-text field."""
+    reply = json.loads(respond(body))
+    echo = f" {KEY} Authorization: Bearer {KEY} {SHAPED}"
+    for entry in [reply, *reply.get("items", [])]:
+        for name in ("summary", "reason"):
+            if isinstance(entry.get(name), str):
+                entry[name] += echo
+    return Reply(content=json.dumps(reply))
+
+
+def _echoing_errors(body: dict[str, Any]) -> Any:
+    from agent.testing.loopback import Fault
+
+    return Fault.http(500, message=f"Incorrect API key provided: {KEY}; header was Bearer {KEY}")
+
+
+def test_no_persisted_artifact_holds_the_key_whatever_the_server_echoes(
+    agent: RecommenderAgent,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A whole-run scan: cassettes, profile store, ledgers, results, failures, Batch API files."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    users = tmp_path / "users.txt"
+    users.write_text("u001\nu002\n")
+    cassette = tmp_path / "recorded.json"
+    with LoopbackServer(responder=_echoing) as srv:
+        base = ["--base-url", srv.base_url, "--backend", "openai"]
+        assert main(["profile", *DATA, "--user", "u001", "--record", str(cassette), *base]) == 0
+        assert main(["recommend", *DATA, "--user", "u001", "--record", str(cassette), *base]) == 0
+        run = ["--users", str(users), "--base-url", srv.base_url]
+        assert main(["batch", *DATA, "--out", str(tmp_path / "sync-run"), *run]) == 0
+        api = tmp_path / "api-run"
+        assert main(["openai-batch", "prepare", *DATA, "--out", str(api), "--users", str(users)]) == 0
+        assert main(["openai-batch", "submit", "--out", str(api), "--base-url", srv.base_url]) == 0
+        collect = ["openai-batch", "collect", "--out", str(api), "--wait", "--poll-seconds", "0"]
+        assert main([*collect, "--base-url", srv.base_url]) == 0
+    config = LLMConfig(api_key=KEY, max_retries=0, max_reasks=0)
+    settings = BatchSettings(out_dir=tmp_path / "failed-run", users=["u001", "u002"])
+    with LoopbackServer(responder=_echoing_errors) as srv:
+        config.base_url = srv.base_url
+        summary = asyncio.run(run_batch(agent, config, settings))
+    assert summary.failures == 4
+    invalid = BatchSettings(out_dir=tmp_path / "invalid-run", users=["u001"], tasks=("profile",))
+    with LoopbackServer(responder=lambda body: Reply(content=f"not JSON {KEY} Bearer {KEY}")) as srv:
+        config.base_url = srv.base_url
+        assert asyncio.run(run_batch(agent, config, invalid)).failures == 1
+
+    captured = capsys.readouterr()
+    artifacts = _artifacts(tmp_path)
+    assert {"recorded.json", "recagent.sqlite", "ledger.sqlite", "results.jsonl", "failures.jsonl"} <= {
+        Path(p).name for p in artifacts
+    }
+    assert any("batch_output" in p for p in artifacts)
+    assert "[redacted]" in artifacts[str(cassette)]  # the echo was there, and was hidden
+    for where, text in {"stdout": captured.out, "stderr": captured.err, **artifacts}.items():
+        assert not _leaks(text, KEY, SHAPED), where

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError, Usage
+from agent.secrets import redact, redact_json
 
 LEDGER_FILE = "ledger.sqlite"
 RESULTS_FILE = "results.jsonl"
@@ -178,7 +179,7 @@ class Ledger:
             "UPDATE requests SET status = 'done', attempts = attempts + 1, result = ?, error = NULL, "
             + _USAGE_SET
             + " WHERE custom_id = ?",
-            (result, *_usage_values(usage), time.time(), custom_id),
+            (redact(result), *_usage_values(usage), time.time(), custom_id),  # no echoed key, ever
         )
         self.commit()
 
@@ -191,7 +192,13 @@ class Ledger:
             "UPDATE requests SET status = 'failed', attempts = attempts + ?, error = ?, "
             + _USAGE_SET
             + " WHERE custom_id = ?",
-            (int(count_attempt), json.dumps(error), *_usage_values(usage), time.time(), custom_id),
+            (
+                int(count_attempt),
+                json.dumps(redact_json(error)),
+                *_usage_values(usage),
+                time.time(),
+                custom_id,
+            ),
         )
         self.commit()
 

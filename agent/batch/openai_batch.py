@@ -40,6 +40,7 @@ from agent.errors import Usage
 from agent.llm.client import LLMConfig, StructuredReply, account, read_reply, short_validation_error
 from agent.prompting.tokens import PriceTable
 from agent.recommender import PreparedRequest, RecommenderAgent, ReplyContext, interpret_reply
+from agent.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -307,9 +308,13 @@ def _download(client: openai.OpenAI, file_id: str, out_dir: Path, batch_id: str)
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.is_file():
         tmp = target.with_name(target.name + ".tmp")
-        with client.files.with_streaming_response.content(file_id) as response:
-            response.stream_to_file(tmp)
-        tmp.replace(target)
+        try:
+            with client.files.with_streaming_response.content(file_id) as response, tmp.open("wb") as sink:
+                for raw in response.iter_lines():  # a server may echo the key in a line: never kept
+                    sink.write((redact(raw) + "\n").encode())
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 

@@ -155,7 +155,9 @@ def _emit(payload: Any, pretty: bool = False) -> None:
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         Console().print(table)
     else:
-        print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+        from agent.secrets import redact
+
+        print(redact(json.dumps(payload, indent=2, ensure_ascii=False, default=str)))
 
 
 # -- progress ----------------------------------------------------------------------------------

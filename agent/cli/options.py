@@ -175,7 +175,9 @@ def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[Chat
         http_client = httpx2.Client(transport=RecordingTransport(Cassette(args.record), inner))
     client = ChatClient(config, http_client=http_client)
     _OPEN_CLIENTS.append(client)
-    where = config.base_url or "the OpenAI API"
+    from agent.secrets import safe_url
+
+    where = safe_url(config.base_url) if config.base_url else "the OpenAI API"
     return client, f"Calling {config.model} live at {where}."
 
 
@@ -193,7 +195,10 @@ def _shown(path: Path) -> str:
 
 
 def emit_json(payload: Any) -> None:
-    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+    """``payload`` as JSON on stdout, without any key a server echoed into a reply (agent.secrets)."""
+    from agent.secrets import redact
+
+    print(redact(json.dumps(payload, indent=2, ensure_ascii=False, default=str)))
 
 
 def agent_config(args: argparse.Namespace) -> Any:

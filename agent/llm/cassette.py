@@ -23,6 +23,7 @@ import httpx2
 import openai
 
 from agent.prompting.templates import TEMPLATE_HEADER
+from agent.secrets import redact_json
 
 CASSETTE_VERSION = 1
 # Fields that change between otherwise identical requests and must not affect matching.
@@ -92,7 +93,8 @@ class Cassette:
                 for entry in on_disk:
                     self.interactions.setdefault(entry["key"], entry)
             ordered = sorted(self.interactions.values(), key=lambda e: (e["template"], e["key"]))
-            payload = {"version": CASSETTE_VERSION, "interactions": ordered}
+            # A server may echo the key in a body: never write it (agent.secrets).
+            payload = redact_json({"version": CASSETTE_VERSION, "interactions": ordered})
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ from agent.errors import Usage
 from agent.prompting.schemas import strict_json_schema
 from agent.prompting.templates import TEMPLATE_HEADER, RenderedPrompt
 from agent.prompting.tokens import PriceTable
+from agent.secrets import redact, register, register_url, safe_url
 
 if TYPE_CHECKING:
     import openai
@@ -69,6 +70,12 @@ class LLMConfig:
     seed: int | None = 7
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        # Whatever is persisted or printed from now on is scrubbed of this key and of any
+        # credentials in the base URL (agent.secrets).
+        register(self.api_key)
+        register_url(self.base_url)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMConfig:
@@ -205,13 +212,12 @@ def map_transport_error(
             f"request timed out after {timeout_s:g}s ({attempts} attempts)", **kwargs
         )
     if isinstance(exc, openai.APIConnectionError):
-        return errors.TransportError(f"cannot reach {base_url} ({attempts} attempts): {exc}", **kwargs)
+        return errors.TransportError(
+            f"cannot reach {safe_url(base_url)} ({attempts} attempts): {exc}", **kwargs
+        )
     if isinstance(exc, _MalformedBody):
         return errors.TransportError(f"malformed response after {attempts} attempts: {exc}", **kwargs)
     return None
-
-
-_SECRET = re.compile(r"(?:sk-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}")
 
 
 def _map_status_error(
@@ -219,7 +225,7 @@ def _map_status_error(
 ) -> errors.ModelError:
     status, code = exc.status_code, _error_code(exc)
     # Servers echo bad keys in their messages ("Incorrect API key provided: sk-..."); never pass them on.
-    message = _SECRET.sub("[redacted]", exc.message)
+    message = redact(exc.message)
     detail = f"HTTP {status}{f' {code}' if code else ''}: {message}"
     kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
     if status == 429 and code == "insufficient_quota":

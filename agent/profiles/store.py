@@ -44,6 +44,7 @@ from agent.profiles.feedback import (
     StoredFeedback,
 )
 from agent.profiles.versions import Change, ProfileDraft, ProfileState, ProfileVersion
+from agent.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -376,10 +377,10 @@ class SQLiteStore(Store):
                         draft.producer,
                         draft.model,
                         draft.template_version,
-                        _dumps(draft.evidence),
+                        redact(_dumps(draft.evidence)),  # model output: no echoed key is stored
                         draft.feedback_upto,
-                        draft.state.model_dump_json(),
-                        _dumps([c.model_dump(mode="json") for c in draft.changes]),
+                        redact(draft.state.model_dump_json()),
+                        redact(_dumps([c.model_dump(mode="json") for c in draft.changes])),
                         _dumps(draft.usage),
                     ),
                 )
@@ -462,7 +463,7 @@ class SQLiteStore(Store):
                     served.profile_version,
                     served.model,
                     served.template_version,
-                    served.fallback_reason,
+                    redact(served.fallback_reason) if served.fallback_reason else None,
                     int(usage.get("prompt_tokens", 0)),
                     int(usage.get("completion_tokens", 0)),
                     float(usage.get("cost_usd", 0.0)),
