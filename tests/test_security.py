@@ -244,3 +244,54 @@ def test_no_persisted_artifact_holds_the_key_whatever_the_server_echoes(
     assert "[redacted]" in artifacts[str(cassette)]  # the echo was there, and was hidden
     for where, text in {"stdout": captured.out, "stderr": captured.err, **artifacts}.items():
         assert not _leaks(text, KEY, SHAPED), where
+
+
+# -- 4. user templates: no file reads through symlinks, bounded rendering --------------------------------
+def test_a_template_symlink_out_of_the_template_dir_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENTS")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "leak.j2").symlink_to("../secret.txt")  # relative: survives a git clone
+    (templates / "profile.j2").write_text(
+        "{% macro system() %}{% include 'leak.j2' %}{% endmacro %}{% macro user() %}x{% endmacro %}"
+    )
+    monkeypatch.setenv("RECAGENT_TEMPLATES", str(templates))
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
+    with LoopbackServer(responder=standin) as srv:
+        code = main(["profile", *DATA, "--user", "u001", "--base-url", srv.base_url])
+        sent = json.dumps([r.body for r in srv.requests])
+    assert code == errors.TemplateError.exit_code
+    assert "TOP-SECRET" not in sent and "outside the template directories" in capsys.readouterr().err
+    (templates / "profile.j2").unlink()
+    (templates / "profile.j2").symlink_to("../secret.txt")  # the template itself, too
+    with pytest.raises(errors.TemplateError, match="outside the template directories"):
+        render("profile", ProfileInputs(behaviors=["view"], history=[], total_events=0), str(templates))
+
+
+def test_rendering_a_user_template_is_time_bounded(tmp_path: Path) -> None:
+    from agent.prompting.templates import PromptRenderer
+
+    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}"
+    (tmp_path / "profile.j2").write_text(
+        f"{{% macro system() %}}{loops}{{% endmacro %}}{{% macro user() %}}x{{% endmacro %}}"
+    )
+    inputs = ProfileInputs(behaviors=["view"], history=[], total_events=0)
+    start = time.monotonic()
+    with pytest.raises(errors.TemplateError, match="too long"):
+        PromptRenderer(tmp_path, render_timeout_s=0.5).render("profile", inputs)
+    assert time.monotonic() - start < BOUND_S  # unbounded, this ran for over a minute
+
+
+@pytest.mark.parametrize("expression", ["'x' * 10**8", "[1] * 10**8", "10 ** 100000000", "1 / 0"])
+def test_templates_cannot_build_huge_values(tmp_path: Path, expression: str) -> None:
+    from agent.prompting.templates import PromptRenderer
+
+    (tmp_path / "profile.j2").write_text(
+        f"{{% macro system() %}}{{{{ ({expression}) | length }}}}{{% endmacro %}}{{% macro user() %}}x{{% endmacro %}}"
+    )
+    inputs = ProfileInputs(behaviors=["view"], history=[], total_events=0)
+    with pytest.raises(errors.TemplateError):
+        PromptRenderer(tmp_path, render_timeout_s=2).render("profile", inputs)
