@@ -66,6 +66,10 @@ class UnknownItemError(DataError):
     """An item id is not in the catalog."""
 
 
+class DirectoryInUseError(ConfigError):
+    """Another recagent process holds the batch output directory (a second run would pay twice)."""
+
+
 class TemplateError(RecommenderError):
     """A prompt template is missing, fails to render, or got invalid inputs."""
 
@@ -196,6 +200,11 @@ class StoreError(RecommenderError):
     """The profile store cannot be opened, migrated or written (path, permissions, newer schema)."""
 
     exit_code = 7
+
+
+class LedgerError(StoreError):
+    """A batch ledger or its output files cannot be read or written (disk full, I/O error,
+    corrupt file). What was committed before stays; re-run once the disk is fixed."""
 
 
 class VersionConflictError(StoreError):

@@ -295,3 +295,121 @@ def test_templates_cannot_build_huge_values(tmp_path: Path, expression: str) -> 
     inputs = ProfileInputs(behaviors=["view"], history=[], total_events=0)
     with pytest.raises(errors.TemplateError):
         PromptRenderer(tmp_path, render_timeout_s=2).render("profile", inputs)
+
+
+# -- 5. one run per output directory ----------------------------------------------------------------
+def test_a_second_batch_on_a_busy_directory_stops_in_one_line_and_sends_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.batch.ledger import Ledger
+
+    out = tmp_path / "run"
+    users = tmp_path / "users.txt"
+    users.write_text("u001\nu002\n")
+    with LoopbackServer(responder=standin) as srv:
+        run = ["batch", *DATA, "--out", str(out), "--users", str(users), "--base-url", srv.base_url]
+        with Ledger(out):  # a first run, still going
+            assert main(run) == errors.DirectoryInUseError.exit_code
+            assert srv.stats.chat_completions == 0
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "in use by another recagent run" in err
+            assert main(["openai-batch", "collect", "--out", str(out), "--base-url", srv.base_url]) == 2
+        assert main(run) == 0  # the first run ended: the directory is free again
+        assert srv.stats.chat_completions == 4
+
+
+# -- 7. disk full and corrupt stores: typed one-line errors, nothing lost ----------------------------------
+def _python_with_file_limit(code: str, limit_bytes: int, *args: str) -> Any:
+    """Run ``code`` in a fresh interpreter that may not write files larger than ``limit_bytes``
+    (what a full disk looks like to SQLite); returns the completed process."""
+    import subprocess
+    import sys
+
+    prologue = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, resource.RLIM_INFINITY))\n"
+    )
+    env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(Path(__file__).parents[1]), "PATH": ""}
+    return subprocess.run(
+        [sys.executable, "-c", prologue + code, *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+FILL_STORE = """
+from agent.profiles.feedback import FeedbackEvent
+from agent.profiles.store import SQLiteStore
+from agent.errors import StoreError
+store = SQLiteStore(sys.argv[1])
+saved = 0
+try:
+    while True:
+        store.add_feedback(FeedbackEvent(user_id="u1", item_id=f"i{saved}", signal="comment", comment="x" * 1500))
+        saved += 1
+except StoreError as exc:
+    print(saved, exc)
+"""
+
+
+def test_a_full_disk_under_the_profile_store_is_a_store_error_and_loses_nothing(tmp_path: Path) -> None:
+    from agent.profiles.store import SQLiteStore
+
+    path = tmp_path / "store.sqlite"
+    SQLiteStore(path).close()  # created (and migrated) before the disk "fills"
+    done = _python_with_file_limit(FILL_STORE, 200_000, str(path))
+    assert done.returncode == 0, done.stderr  # before the fix: "cannot rollback - no transaction is active"
+    saved, message = done.stdout.split(" ", 1)
+    assert "commit failed" in message or "disk" in message
+    with SQLiteStore(path) as store:
+        assert len(store.feedback("u1")) == int(saved) > 0  # every acknowledged write is there
+
+
+def test_a_corrupt_index_is_a_store_error_from_add_feedback(tmp_path: Path) -> None:
+    import sqlite3
+
+    from agent.profiles.feedback import FeedbackEvent
+    from agent.profiles.store import SQLiteStore
+
+    path = tmp_path / "store.sqlite"
+    with SQLiteStore(path) as store:
+        for n in range(50):
+            store.add_feedback(FeedbackEvent(user_id="u1", item_id=f"i{n}", signal="like"))
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'feedback_by_user'").fetchone()
+    (page,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with path.open("r+b") as handle:  # one index page overwritten with garbage
+        handle.seek((root - 1) * page)
+        handle.write(b"\xff" * page)
+    with SQLiteStore(path) as store, pytest.raises(errors.StoreError, match="malformed"):
+        store.add_feedback(FeedbackEvent(user_id="u1", item_id="new", signal="like"))
+
+
+RUN_BATCH = """
+from agent.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_under_the_batch_ledger_is_exit_7_and_a_rerun_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    users = tmp_path / "users.txt"
+    users.write_text("".join(f"u{n:03d}\n" for n in range(1, 26)))
+    with LoopbackServer(responder=standin) as srv:
+        args = ["batch", *DATA, "--out", str(out), "--users", str(users), "--base-url", srv.base_url]
+        args += ["--concurrency", "4"]
+        full = _python_with_file_limit(RUN_BATCH, 150_000, *args)  # fills up after a few results
+        assert full.returncode == errors.LedgerError.exit_code == 7, full.stderr
+        last = full.stderr.strip().splitlines()[-1]
+        assert last.startswith("recagent: error: batch ledger") and "Traceback" not in full.stderr
+        first_run = srv.stats.chat_completions
+        again = _python_with_file_limit(RUN_BATCH, 1 << 30, *args)
+        assert again.returncode == 0, again.stderr
+        sent = srv.stats.chat_completions
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    pairs = {(r["user_id"], r["task"]) for r in results}
+    assert len(pairs) == len(results) == 50  # every (user, task) once: nothing lost
+    # What the ledger committed before the disk filled is not paid again; at most the requests in
+    # flight when it failed (--concurrency 4) are sent twice.
+    assert first_run > 0 and sent <= len(pairs) + 4

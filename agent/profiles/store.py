@@ -22,6 +22,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -260,7 +261,11 @@ class SQLiteStore(Store):
     # -- plumbing --------------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed if the block finishes, rolled back otherwise."""
+        """One IMMEDIATE transaction: committed if the block finishes, rolled back otherwise.
+
+        Any SQLite failure inside (disk full, I/O error, a corrupt page or index) is one
+        ``StoreError``; the transaction is rolled back, so nothing half-written stays.
+        """
         with self._lock:
             conn = self.connection
             try:
@@ -269,14 +274,28 @@ class SQLiteStore(Store):
                 raise StoreError(f"profile store {self.path} is not writable: {exc}") from None
             try:
                 yield conn
+            except sqlite3.IntegrityError:
+                self._rollback(conn)
+                raise  # the callers turn constraint failures into their own errors
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise StoreError(f"profile store {self.path}: {exc}") from None
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise StoreError(f"profile store {self.path}: commit failed: {exc}") from None
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite rolls back by itself after some failures (disk full, I/O errors): a ROLLBACK
+        # then fails with "no transaction is active", which must not hide the real error.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
