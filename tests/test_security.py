@@ -24,7 +24,7 @@ from agent.data.loading import align_catalog, load_events, load_items
 from agent.llm.async_client import AsyncChatClient
 from agent.llm.client import ChatClient, LLMConfig
 from agent.prompting.schemas import BehaviorProfile
-from agent.prompting.templates import ProfileInputs, render
+from agent.prompting.templates import ProfileInputs, default_renderer, render
 from agent.recommender import RecommenderAgent
 from agent.testing.loopback import BatchConfig, LoopbackServer, Reply
 from agent.testing.standin_model import respond
@@ -260,9 +260,13 @@ def test_a_template_symlink_out_of_the_template_dir_is_refused(
     )
     monkeypatch.setenv("RECAGENT_TEMPLATES", str(templates))
     monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
-    with LoopbackServer(responder=standin) as srv:
-        code = main(["profile", *DATA, "--user", "u001", "--base-url", srv.base_url])
-        sent = json.dumps([r.body for r in srv.requests])
+    default_renderer.cache_clear()  # renderers are cached per process; this one reads the variable
+    try:
+        with LoopbackServer(responder=standin) as srv:
+            code = main(["profile", *DATA, "--user", "u001", "--base-url", srv.base_url])
+            sent = json.dumps([r.body for r in srv.requests])
+    finally:
+        default_renderer.cache_clear()
     assert code == errors.TemplateError.exit_code
     assert "TOP-SECRET" not in sent and "outside the template directories" in capsys.readouterr().err
     (templates / "profile.j2").unlink()
@@ -413,3 +417,50 @@ def test_a_full_disk_under_the_batch_ledger_is_exit_7_and_a_rerun_finishes(tmp_p
     # What the ledger committed before the disk filled is not paid again; at most the requests in
     # flight when it failed (--concurrency 4) are sent twice.
     assert first_run > 0 and sent <= len(pairs) + 4
+
+
+# -- 6. no writes through special files; no temp file left behind ------------------------------------------
+def test_record_refuses_a_special_file_and_leaves_it_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import stat
+
+    fifo = tmp_path / "device"  # stands in for /dev/full: a FIFO is as special, and harmless to test
+    os.mkfifo(fifo)
+    monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
+    with LoopbackServer(responder=standin) as srv:
+        base = ["profile", *DATA, "--user", "u001", "--base-url", srv.base_url, "--backend", "openai"]
+        assert main([*base, "--record", str(fifo)]) == errors.ConfigError.exit_code
+        assert stat.S_ISFIFO(fifo.stat().st_mode)  # before the fix: replaced by a regular file
+        assert main([*base, "--record", str(tmp_path)]) == errors.ConfigError.exit_code
+        assert srv.stats.chat_completions == 0  # refused before any request was paid
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and "not a regular file" in err and "a directory" in err
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_outputs_refuse_a_directory_target_and_leave_no_temp_file(tmp_path: Path) -> None:
+    from agent.batch.ledger import write_jsonl
+
+    (tmp_path / "results.jsonl").mkdir()
+    with pytest.raises(errors.LedgerError, match="a directory"):
+        write_jsonl(tmp_path / "results.jsonl", iter([{"a": 1}]))
+    with pytest.raises(TypeError):  # a line that cannot be written, half-way through
+        write_jsonl(tmp_path / "x.jsonl", iter([{"a": 1}, {"bad": object()}]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+# -- 8. unusable cassettes are one-line errors -------------------------------------------------------
+@pytest.mark.parametrize(
+    "content", ['{"version": 1, "interactions": [{"key": "ab', "not json", '{"interactions": [1]}', "[]"]
+)
+def test_a_truncated_or_invalid_cassette_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    cassette = tmp_path / "broken.json"
+    cassette.write_text(content)
+    code = main(["profile", *DATA, "--user", "u001", "--backend", "replay", "--cassette", str(cassette)])
+    assert code == errors.ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("recagent: error: ") and "cassette" in err

@@ -39,6 +39,7 @@ from typing import Any
 import filelock
 
 from agent.errors import ConfigError, DirectoryInUseError, LedgerError, Usage
+from agent.files import atomic_writer
 from agent.secrets import redact, redact_json
 
 LEDGER_FILE = "ledger.sqlite"
@@ -416,18 +417,13 @@ def _usage_values(usage: Usage) -> tuple[int, int, int, float, int]:
 
 def write_jsonl(path: Path, lines: Iterator[dict[str, Any]]) -> int:
     """Write ``lines`` to ``path`` atomically (temp file + rename); returns the line count."""
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
-                count += 1
-        tmp.replace(path)
-    except OSError as exc:  # disk full, permissions: the ledger still holds every result
-        raise LedgerError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Disk full, permissions, a target that is a directory or a device: one LedgerError, and
+    # the ledger still holds every result.
+    with atomic_writer(path, LedgerError, "batch output") as handle:
+        for line in lines:
+            handle.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+            count += 1
     return count
 
 
