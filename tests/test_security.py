@@ -464,3 +464,49 @@ def test_a_truncated_or_invalid_cassette_is_a_config_error(
     assert code == errors.ConfigError.exit_code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("recagent: error: ") and "cassette" in err
+
+
+# -- 9. non-finite and out-of-range event values --------------------------------------------------------
+def test_non_finite_and_out_of_range_values_are_repaired_and_reported(tmp_path: Path) -> None:
+    from agent.data.loading import load_events
+
+    rows = [
+        ("purchase", "inf"),
+        ("purchase", "-inf"),
+        ("purchase", "1e400"),
+        ("purchase", "-1e308"),
+        ("rating", "-5"),
+        ("rating", "9"),
+        ("rating", "4"),
+        ("purchase", "19.99"),
+    ]
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "user_id,item_id,behavior,timestamp,value\n"
+        + "".join(f"u1,SKU-{n},{b},2026-08-0{n + 1}T00:00:00Z,{v}\n" for n, (b, v) in enumerate(rows))
+    )
+    loaded = load_events(events)
+    assert loaded.report.repaired == {
+        "non_finite_value_set_to_null": 3,
+        "negative_value_set_to_null": 2,
+        "rating_off_scale_set_to_null": 1,
+    }
+    assert loaded.report.examples["non_finite_value_set_to_null"] == [1, 2, 3]  # file rows
+    assert loaded.frame["value"].dropna().tolist() == [4.0, 19.99]
+
+
+def test_prompts_never_hold_bare_infinity(tmp_path: Path) -> None:
+    from agent.data.loading import load_items
+
+    events = tmp_path / "events.csv"
+    events.write_text(
+        "user_id,item_id,behavior,timestamp,value\n"
+        "u1,SKU-10001,purchase,2026-08-01T00:00:00Z,inf\n"
+        "u1,SKU-10002,rating,2026-08-02T00:00:00Z,-1e400\n"
+        "u1,SKU-10003,view,2026-08-03T00:00:00Z,\n"
+    )
+    items = load_items(SAMPLE / "items.csv")
+    history = align_catalog(load_events(events), items)
+    prepared = RecommenderAgent(history.frame, items.frame, None).prepare_profile("u1")
+    user = prepared.prompt.messages[1]["content"]
+    assert "Infinity" not in user and "NaN" not in user

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent.data.behaviors import RATING_SCALE
 from agent.data.event_columns import ColumnSlicer, EventColumns
 from agent.errors import DataError, UnknownUserError
 
@@ -367,6 +368,20 @@ def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
         value = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
         bad_value = frame["value"].notna() & value.isna()
         report.repair("bad_value_set_to_null", frame.index[bad_value & keep])
+        # A value is a price paid or a rating: never infinite ("inf", "1e400"), never negative,
+        # and a rating stays on RATING_SCALE. Kept, they would reach prompts as bare
+        # Infinity (not JSON) or as nonsense the model would take at face value.
+        for reason, bad in (
+            ("non_finite_value_set_to_null", value.abs() == np.inf),
+            ("negative_value_set_to_null", value < 0),
+            (
+                "rating_off_scale_set_to_null",
+                (behavior == "rating") & ((value < RATING_SCALE[0]) | (value > RATING_SCALE[1])),
+            ),
+        ):
+            bad &= value.notna()
+            report.repair(reason, frame.index[bad & keep])
+            value = value.where(~bad)
     else:
         value = pd.Series(np.nan, index=frame.index, dtype="float64")
 
