@@ -22,7 +22,9 @@ REDACTED = "[redacted]"
 MIN_SECRET_LENGTH = 6
 """Shorter registered "secrets" (``not-needed``-style placeholders aside) would redact ordinary words."""
 
-_SHAPED = re.compile(r"(?:\bsk-|\bBearer\s+)[A-Za-z0-9_\-*.~+/=]{6,}", re.IGNORECASE)
+# Key-shaped text: OpenAI-style keys, and bearer tokens (a digit required, so "Ring Bearer
+# Pillow" in a title stays as it is).
+_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}|\bBearer\s+(?=\S*\d)[A-Za-z0-9_\-*.~+/=]{8,}")
 _CREDENTIAL_PARAM = re.compile(r"key|token|secret|password|passwd|auth|sig|credential", re.IGNORECASE)
 _PLACEHOLDERS = frozenset({"not-needed"})
 

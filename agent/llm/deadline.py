@@ -15,6 +15,7 @@ with ``asyncio.timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -140,6 +141,23 @@ class DeadlineTransport(httpx2.HTTPTransport):
         return response
 
 
+class _OwnedClient(httpx2.Client):
+    """Closes its connections when garbage-collected, as the SDK's own default client does (a
+    client nobody closed must not leave sockets open)."""
+
+    def __del__(self) -> None:
+        if not self.is_closed:
+            with contextlib.suppress(Exception):  # interpreter shutdown: nothing to report to
+                self.close()
+
+
+# The openai SDK's own connection limits (openai._constants.DEFAULT_CONNECTION_LIMITS).
+_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+
+
 def deadline_client(total_s: float) -> httpx2.Client:
-    """An ``httpx2.Client`` (for ``openai.OpenAI(http_client=...)``) bounded by ``total_s`` per request."""
-    return httpx2.Client(transport=DeadlineTransport(total_s), timeout=total_s)
+    """An ``httpx2.Client`` (for ``openai.OpenAI(http_client=...)``) bounded by ``total_s`` per
+    request, with the SDK's defaults otherwise (connection limits, redirects followed)."""
+    return _OwnedClient(
+        transport=DeadlineTransport(total_s, limits=_LIMITS), timeout=total_s, follow_redirects=True
+    )
