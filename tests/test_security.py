@@ -329,6 +329,7 @@ def _python_with_file_limit(code: str, limit_bytes: int, *args: str) -> Any:
     import subprocess
     import sys
 
+    pytest.importorskip("resource")  # POSIX only
     prologue = (
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
@@ -408,8 +409,7 @@ def test_a_full_disk_under_the_batch_ledger_is_exit_7_and_a_rerun_finishes(tmp_p
         last = full.stderr.strip().splitlines()[-1]
         assert last.startswith("recagent: error: batch ledger") and "Traceback" not in full.stderr
         first_run = srv.stats.chat_completions
-        again = _python_with_file_limit(RUN_BATCH, 1 << 30, *args)
-        assert again.returncode == 0, again.stderr
+        assert main(args) == 0  # the disk has room again: the same command finishes the run
         sent = srv.stats.chat_completions
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     pairs = {(r["user_id"], r["task"]) for r in results}
@@ -426,6 +426,8 @@ def test_record_refuses_a_special_file_and_leaves_it_alone(
     import os
     import stat
 
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
     fifo = tmp_path / "device"  # stands in for /dev/full: a FIFO is as special, and harmless to test
     os.mkfifo(fifo)
     monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
