@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.secrets import redact
+
 
 class RecommenderError(Exception):
     """Base class of every error recagent raises on purpose."""
@@ -68,6 +70,10 @@ class UnknownUserError(DataError):
 
 class UnknownItemError(DataError):
     """An item id is not in the catalog."""
+
+
+class DirectoryInUseError(ConfigError):
+    """Another recagent process holds the batch output directory (a second run would pay twice)."""
 
 
 class TemplateError(RecommenderError):
@@ -128,10 +134,12 @@ class ModelError(RecommenderError):
         template: str | None = None,
     ) -> None:
         self.attempts = attempts
-        self.last_reply = last_reply
+        # Servers echo keys in errors and replies; what an error carries ends up in failure
+        # files, ledgers and on stderr, so it never holds one (see agent.secrets).
+        self.last_reply = redact(last_reply) if last_reply is not None else None
         self.usage = usage or Usage()
         self.template = template
-        super().__init__(message)
+        super().__init__(redact(message))
 
 
 class TransportError(ModelError):
@@ -198,6 +206,11 @@ class StoreError(RecommenderError):
     """The profile store cannot be opened, migrated or written (path, permissions, newer schema)."""
 
     exit_code = 7
+
+
+class LedgerError(StoreError):
+    """A batch ledger or its output files cannot be read or written (disk full, I/O error,
+    corrupt file). What was committed before stays; re-run once the disk is fixed."""
 
 
 class VersionConflictError(StoreError):

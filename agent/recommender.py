@@ -44,7 +44,7 @@ import pandas as pd
 from agent import errors
 from agent.data.behaviors import KNOWN_BEHAVIORS
 from agent.data.event_columns import EventColumns
-from agent.data.loading import UserHistories
+from agent.data.loading import UserHistories, plain_line_breaks
 from agent.data.privacy import Scrubber
 from agent.llm.client import DEFAULT_MODEL, ChatClient, StructuredReply
 from agent.profiles.feedback import ServedRecommendation, StoredFeedback, check_references, make_event
@@ -391,7 +391,7 @@ class RecommenderAgent:
                 total_events=len(user_events),
                 candidates=candidate_lines,
                 k=min(k, len(candidate_lines)),
-                query=scrubber.scrub(query),
+                query=plain_line_breaks(scrubber.scrub(query)),
             )
 
         prompt, kept = self._fit_prompt(user_events, build, scrubber)

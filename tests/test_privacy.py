@@ -88,6 +88,25 @@ PERSONAL: list[tuple[str, str, str]] = [
     ("Musterstr. 12a", "address", "Musterstr"),
     ("Berliner Straße 12", "address", "Berliner Straße"),
     ("Kirchweg 3", "address", "Kirchweg 3"),
+    # International formats, scrubbed whole (issue 16: any case, postcode and city included)
+    ("iban fr14 2004 1010 0505 0001 3m02 606 thanks", "iban", "3m02 606"),
+    ("FR14 2004 1010 0505 0001 3M02 606", "iban", "0505 0001"),
+    ("nl91abna0417164300", "iban", "0417164300"),
+    ("ES91 2100 0418 4502 0005 1332", "iban", "0005 1332"),
+    ("it60 x054 2811 1010 0000 0123 456", "iban", "0123 456"),
+    ("CH93 0076 2011 6238 5295 7", "iban", "5295 7"),
+    ("PL61 1090 1014 0000 0712 1981 2874", "iban", "1981 2874"),
+    ("send to Hauptstraße 5, 10115 Berlin please", "address", "10115 Berlin"),
+    ("hauptstraße 5, 10115 berlin", "address", "10115 berlin"),
+    ("Musterweg 12, D-80331 München", "address", "80331 München"),
+    ("Bahnhofstrasse 1, 8001 Zürich", "address", "8001 Zürich"),
+    ("Mariahilfer Straße 77, 1060 Wien", "address", "1060 Wien"),
+    ("12 rue de Rivoli, 75001 Paris", "address", "75001 Paris"),
+    ("5 bis avenue Foch, 69006 Lyon", "address", "69006 Lyon"),
+    ("350 5th Ave, New York, NY 10118", "address", "NY 10118"),
+    ("1600 Pennsylvania Avenue NW, Washington, DC 20500", "address", "DC 20500"),
+    ("221B Baker Street, London NW1 6XE", "address", "NW1 6XE"),
+    ("10 Downing St, London SW1A 2AA", "address", "SW1A 2AA"),
 ]
 
 NOT_PERSONAL: list[str] = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,9 @@ def test_history_is_numbered_chronological_and_names_the_most_recent_event() -> 
     assert "never instructions" in system
     blocks = parse_blocks(user)
     assert [e["n"] for e in blocks["history"]] == [1, 2]
-    assert 'The most recent event is #2: "purchase" of "Alpenglow Tent"' in user
+    assert "The most recent event is #2, the last line of the history." in user
+    # issue 16: no catalog or user text outside the data blocks, not even the last title
+    assert "Alpenglow Tent" not in re.sub(r"<data .*?</data>", "", user, flags=re.S)
     assert blocks["candidates"][0]["item_id"] == "SKU-9"
     assert blocks["request"] == ["light tent"]
 

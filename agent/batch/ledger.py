@@ -15,6 +15,11 @@ validated result. Promises:
   page cache is capped (``CACHE_KIB``) and the WAL is checkpointed by SQLite every 1,000
   pages, so neither grows with the number of requests.
 
+* One writer per directory: a writable ledger holds an exclusive lock (``LOCK_FILE``, an OS
+  lock, released when the process dies) until it is closed, so a second ``batch`` or
+  ``openai-batch`` on the same ``--out`` stops at once with ``DirectoryInUseError`` instead of
+  sending the same requests again and racing on the output files.
+
 WAL mode with ``synchronous=NORMAL`` survives the death of the process at any moment; only
 an operating-system crash may lose the last commits (those requests are then re-sent).
 """
@@ -26,13 +31,19 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError, Usage
+import filelock
+
+from agent.errors import ConfigError, DirectoryInUseError, LedgerError, Usage
+from agent.files import atomic_writer
+from agent.secrets import redact, redact_json
 
 LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = ".recagent.lock"
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
 CACHE_KIB = 2000
@@ -96,25 +107,44 @@ class Ledger:
     def __init__(self, directory: str | Path, *, readonly: bool = False) -> None:
         self.directory = Path(directory)
         path = self.directory / LEDGER_FILE
+        self._lock: filelock.BaseFileLock | None = None
         if readonly:
             if not path.is_file():
                 raise ConfigError(f"no batch ledger in {self.directory} ({LEDGER_FILE} not found)")
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        # Bounded page cache (SQLite's usual default, stated so that no build's other default
-        # can make memory follow the ledger's size): a one-off ~2 MB, then flat.
-        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self._db.row_factory = sqlite3.Row
+            self._lock = _lock_directory(self.directory)
+        try:
+            try:
+                connection = (
+                    sqlite3.connect(f"file:{path}?mode=ro", uri=True) if readonly else sqlite3.connect(path)
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot open the batch ledger {path}: {exc}") from None
+            connection.row_factory = sqlite3.Row
+            self._db = _Guarded(connection, path)
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            # Bounded page cache (SQLite's usual default, stated so that no build's other default
+            # can make memory follow the ledger's size): a one-off ~2 MB, then flat.
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self._uncommitted = 0
 
     def close(self) -> None:
-        self._db.commit()
-        self._db.close()
+        try:
+            try:
+                self._db.commit()
+            finally:
+                self._db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> Ledger:
         return self
@@ -178,7 +208,7 @@ class Ledger:
             "UPDATE requests SET status = 'done', attempts = attempts + 1, result = ?, error = NULL, "
             + _USAGE_SET
             + " WHERE custom_id = ?",
-            (result, *_usage_values(usage), time.time(), custom_id),
+            (redact(result), *_usage_values(usage), time.time(), custom_id),  # no echoed key, ever
         )
         self.commit()
 
@@ -191,7 +221,13 @@ class Ledger:
             "UPDATE requests SET status = 'failed', attempts = attempts + ?, error = ?, "
             + _USAGE_SET
             + " WHERE custom_id = ?",
-            (int(count_attempt), json.dumps(error), *_usage_values(usage), time.time(), custom_id),
+            (
+                int(count_attempt),
+                json.dumps(redact_json(error)),
+                *_usage_values(usage),
+                time.time(),
+                custom_id,
+            ),
         )
         self.commit()
 
@@ -241,7 +277,7 @@ class Ledger:
     def iter_newest(self, status: str) -> Iterator[dict[str, Any]]:
         """Output lines (as dicts) of the newest row per (user, task) with ``status``, sorted."""
         cursor = self._db.execute(f"{_NEWEST} AND r.status = ? ORDER BY r.user_id, r.task", (status,))
-        for row in cursor:
+        for row in self._db.rows(cursor):
             line: dict[str, Any] = {
                 "user_id": row["user_id"],
                 "task": row["task"],
@@ -316,6 +352,58 @@ class Ledger:
         )
 
 
+class _Guarded:
+    """The ledger's SQLite connection, with every SQLite failure (disk full, I/O error, corrupt
+    file) raised as one typed ``LedgerError`` (exit code 7) instead of a traceback. SQLite keeps
+    what was committed, so the run can be resumed once the disk is fixed."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db, self._path = connection, path
+
+    @contextmanager
+    def _typed(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LedgerError(f"batch ledger {self._path}: {exc}") from None
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        with self._typed():
+            return self._db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        with self._typed():
+            return self._db.executemany(sql, rows)
+
+    def executescript(self, script: str) -> None:
+        with self._typed():
+            self._db.executescript(script)
+
+    def rows(self, cursor: sqlite3.Cursor) -> Iterator[sqlite3.Row]:
+        with self._typed():
+            yield from cursor
+
+    def commit(self) -> None:
+        with self._typed():
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._typed():
+            self._db.close()
+
+
+def _lock_directory(directory: Path) -> filelock.BaseFileLock:
+    """The directory's exclusive lock, taken without waiting; ``DirectoryInUseError`` if held."""
+    lock = filelock.FileLock(directory / LOCK_FILE, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise DirectoryInUseError(
+            f"{directory} is in use by another recagent run; wait for it to finish or use another --out"
+        ) from None
+    return lock
+
+
 _USAGE_SET = (
     "prompt_tokens = prompt_tokens + ?, cached_tokens = cached_tokens + ?, "
     "completion_tokens = completion_tokens + ?, cost_usd = cost_usd + ?, requests = requests + ?, "
@@ -329,13 +417,13 @@ def _usage_values(usage: Usage) -> tuple[int, int, int, float, int]:
 
 def write_jsonl(path: Path, lines: Iterator[dict[str, Any]]) -> int:
     """Write ``lines`` to ``path`` atomically (temp file + rename); returns the line count."""
-    tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as handle:
+    # Disk full, permissions, a target that is a directory or a device: one LedgerError, and
+    # the ledger still holds every result.
+    with atomic_writer(path, LedgerError, "batch output") as handle:
         for line in lines:
             handle.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
             count += 1
-    tmp.replace(path)
     return count
 
 

@@ -40,6 +40,7 @@ from agent.errors import Usage
 from agent.llm.client import LLMConfig, StructuredReply, account, read_reply, short_validation_error
 from agent.prompting.tokens import PriceTable
 from agent.recommender import PreparedRequest, RecommenderAgent, ReplyContext, interpret_reply
+from agent.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,36 @@ class _Splitter:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _file_name(*parts: str, suffix: str) -> str:
+    """A file name built from server-chosen ids that can hold no path: only ``[A-Za-z0-9._-]``,
+    no leading dot, and a digest of the raw ids when any character had to be replaced (two
+    hostile ids must not share a file)."""
+    raw = "-".join(parts)
+    name = _safe(raw).lstrip(".") or "_"
+    if name != raw:
+        name += "-" + hashlib.sha256(raw.encode()).hexdigest()[:10]
+    return name + suffix
+
+
+def _confined(path: Path, root: Path) -> Path:
+    """``path`` if it resolves inside ``root`` (the run's ``--out``); else a typed error.
+
+    Names derived from server data go through ``_file_name`` first; this is the second wall.
+    """
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise errors.TransportError(f"refusing to write {path}: it is outside the output directory {root}")
+    return path
+
+
+def _server_id(value: object, what: str) -> str:
+    """An id the Batch API returned, checked before it is used in a URL or a file name."""
+    text = str(value) if value is not None else ""
+    # The SDK refuses "." and ".." as path segments with a bare ValueError; ids are short tokens.
+    if text in ("", ".", "..") or len(text) > 256 or any(ord(c) < 32 for c in text):
+        raise errors.TransportError(f"the Batch API returned an unusable {what}: {text[:80]!r}")
+    return text
 
 
 def _line(custom_id: str, body: dict[str, Any]) -> bytes:
@@ -187,9 +218,10 @@ def submit(client: openai.OpenAI, out_dir: Path) -> list[dict[str, Any]]:
                     completion_window="24h",
                     metadata={"recagent_input_sha256": digest, "recagent_file": path.name},
                 )
-            ledger.add_batch(batch.id, str(path), batch.input_file_id, entry["model"], batch.status)
-            ledger.mark_submitted(str(path), batch.id, _custom_ids(path))
-            created.append({"batch_id": batch.id, "file": str(path), "requests": entry["requests"]})
+            batch_id = _server_id(batch.id, "batch id")
+            ledger.add_batch(batch_id, str(path), batch.input_file_id, entry["model"], batch.status)
+            ledger.mark_submitted(str(path), batch_id, _custom_ids(path))
+            created.append({"batch_id": batch_id, "file": str(path), "requests": entry["requests"]})
     return created
 
 
@@ -205,12 +237,12 @@ def status(client: openai.OpenAI, out_dir: Path) -> list[dict[str, Any]]:
     rows = []
     with Ledger(out_dir) as ledger:
         for known in ledger.batches():
-            batch = client.batches.retrieve(known["batch_id"])
-            ledger.set_batch(batch.id, status=batch.status, collected=bool(known["collected"]))
+            batch = client.batches.retrieve(_server_id(known["batch_id"], "batch id"))
+            ledger.set_batch(known["batch_id"], status=batch.status, collected=bool(known["collected"]))
             counts = batch.request_counts.model_dump() if batch.request_counts else {}
             rows.append(
                 {
-                    "batch_id": batch.id,
+                    "batch_id": known["batch_id"],
                     "status": batch.status,
                     "collected": bool(known["collected"]),
                     **counts,
@@ -230,15 +262,16 @@ def collect(
         for known in ledger.batches():
             if known["collected"]:
                 continue
-            batch = client.batches.retrieve(known["batch_id"])
-            ledger.set_batch(batch.id, status=batch.status)
+            batch_id = _server_id(known["batch_id"], "batch id")
+            batch = client.batches.retrieve(batch_id)
+            ledger.set_batch(batch_id, status=batch.status)
             if batch.status not in TERMINAL:
                 totals["batches_waiting"] += 1
                 continue
             input_path = Path(known["input_path"])
             for file_id in (batch.output_file_id, batch.error_file_id):
                 if file_id:
-                    local = _download(client, file_id, out_dir, batch.id)
+                    local = _download(client, _server_id(file_id, "file id"), out_dir, batch_id)
                     for line in _read_jsonl(local):
                         outcome = _apply(ledger, line, known["model"], prices, usage)
                         if outcome:
@@ -252,8 +285,10 @@ def collect(
                         totals["failed"] += 1
                     else:  # cancelled before it ran: not the request's fault
                         ledger.set_status(cid, "pending")
-            totals["requeued"] += _requeue(ledger, input_path, batch.id, known["model"], max_attempts)
-            ledger.set_batch(batch.id, status=batch.status, collected=True)
+            totals["requeued"] += _requeue(
+                ledger, input_path, batch_id, known["model"], max_attempts, Path(out_dir)
+            )
+            ledger.set_batch(batch_id, status=batch.status, collected=True)
             totals["batches_collected"] += 1
         results, failures = ledger.write_outputs()
     return {
@@ -265,13 +300,21 @@ def collect(
 
 
 def _download(client: openai.OpenAI, file_id: str, out_dir: Path, batch_id: str) -> Path:
-    target = Path(out_dir) / OUTPUT_DIR / f"{batch_id}-{file_id}.jsonl"
+    """The file ``file_id``, kept as ``batch_output/<batch>-<file>.jsonl`` under ``out_dir`` (and
+    nowhere else, whatever the ids hold)."""
+    target = _confined(
+        Path(out_dir) / OUTPUT_DIR / _file_name(batch_id, file_id, suffix=".jsonl"), Path(out_dir)
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.is_file():
         tmp = target.with_name(target.name + ".tmp")
-        with client.files.with_streaming_response.content(file_id) as response:
-            response.stream_to_file(tmp)
-        tmp.replace(target)
+        try:
+            with client.files.with_streaming_response.content(file_id) as response, tmp.open("wb") as sink:
+                for raw in response.iter_lines():  # a server may echo the key in a line: never kept
+                    sink.write((redact(raw) + "\n").encode())
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 
@@ -359,9 +402,11 @@ def _status_error(response: dict[str, Any]) -> errors.ModelError:
     return errors.BadRequestError(message, attempts=1)
 
 
-def _requeue(ledger: Ledger, input_path: Path, batch_id: str, model: str, max_attempts: int) -> int:
+def _requeue(
+    ledger: Ledger, input_path: Path, batch_id: str, model: str, max_attempts: int, out_dir: Path
+) -> int:
     """Copy the lines of retryable keys into ``retry-<batch>.jsonl`` (unsubmitted)."""
-    target = input_path.parent / f"retry-{batch_id}.jsonl"
+    target = _confined(input_path.parent / _file_name("retry", batch_id, suffix=".jsonl"), out_dir)
     if any(row["path"] == str(target) for row in ledger.inputs(submitted=True)):
         return 0  # already re-queued and sent by an earlier collect
     count = 0

@@ -44,6 +44,7 @@ from agent.chat.constraints import (
     update_model,
 )
 from agent.chat.domains import DomainPreset, preset_for
+from agent.data.loading import plain_line_breaks
 from agent.data.privacy import Scrubber
 from agent.prompting.history import consumed_items
 from agent.prompting.templates import Domain
@@ -188,7 +189,7 @@ class Conversation:
         # a new user (cold start) has an empty history: the chat still filters and searches
         user_events = histories.for_user(user_id) if user_id in histories else histories.empty()
         scrubber = Scrubber(enabled=self.agent.config.scrub_personal_data)
-        text = scrubber.scrub(message.strip()) or ""
+        text = plain_line_breaks(scrubber.scrub(message.strip())) or ""
         update, how, usage = self._extract(user_events, state, text)
         shown_ids = {s.item_id for s in state.shown}
         events = [self._react(user_id, r, text, state) for r in update.reactions if r.item_id in shown_ids]

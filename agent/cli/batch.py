@@ -169,7 +169,9 @@ def _emit(payload: Any, pretty: bool = False) -> None:
             table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
         Console().print(table)
     else:
-        print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+        from agent.secrets import redact
+
+        print(redact(json.dumps(payload, indent=2, ensure_ascii=False, default=str)))
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -308,9 +310,14 @@ def cmd_openai_batch(args: argparse.Namespace) -> int:
         settings = _settings(args)
         _emit(openai_batch.prepare(_agent(args), _config(args, need_endpoint=False), settings), args.pretty)
         return 0
+    from agent.llm.deadline import deadline_client
+
     config = _config(args, need_endpoint=True)
-    client = openai.OpenAI(
-        api_key=config.api_key or "not-needed", base_url=config.base_url, timeout=config.timeout_s
+    client = openai.OpenAI(  # --timeout bounds each whole call (uploads and downloads included)
+        api_key=config.api_key or "not-needed",
+        base_url=config.base_url,
+        timeout=config.timeout_s,
+        http_client=deadline_client(config.timeout_s),
     )
     try:
         if args.action == "submit":

@@ -32,6 +32,7 @@ from agent.cli.options import (
     model_settings,
 )
 from agent.errors import ConfigError, RecommenderError
+from agent.secrets import redact
 
 log = logging.getLogger("agent")
 
@@ -102,9 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines without keys: a library may log a URL with credentials or an echoed key."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _configure_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("recagent: %(levelname)s: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("recagent: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -199,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except RecommenderError as exc:
-        print(f"recagent: error: {exc}", file=sys.stderr)
+        print(f"recagent: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("recagent: interrupted", file=sys.stderr)

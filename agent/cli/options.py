@@ -38,7 +38,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--cassette", type=Path, help="recorded responses for --backend replay")
     group.add_argument("--record", type=Path, help="with --backend openai: also save every exchange here")
-    group.add_argument("--timeout", type=float, help="seconds per request (default 60)")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds for each whole request: connect, send and the full reply (default 60)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--pretty", action="store_true", help="readable tables instead of JSON")
     out.add_argument(
@@ -246,10 +250,17 @@ def make_client(args: argparse.Namespace, *, default_backend: str) -> tuple[Chat
         return client, f"Replaying recorded responses from {_shown(path)} (no live API calls)."
     if not config.api_key and not config.base_url:
         raise ConfigError("--backend openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a local server)")
-    http_client = httpx2.Client(transport=RecordingTransport(Cassette(args.record))) if args.record else None
+    from agent.llm.deadline import DeadlineTransport
+
+    http_client = None
+    if args.record:
+        inner = DeadlineTransport(config.timeout_s)  # --timeout bounds whole requests when recording too
+        http_client = httpx2.Client(transport=RecordingTransport(Cassette(args.record), inner))
     client = ChatClient(config, http_client=http_client)
     _OPEN_CLIENTS.append(client)
-    where = config.base_url or "the OpenAI API"
+    from agent.secrets import safe_url
+
+    where = safe_url(config.base_url) if config.base_url else "the OpenAI API"
     return client, f"Calling {config.model} live at {where}."
 
 
@@ -267,7 +278,10 @@ def _shown(path: Path) -> str:
 
 
 def emit_json(payload: Any) -> None:
-    print(json.dumps(payload, indent=2, ensure_ascii=False, default=str))
+    """``payload`` as JSON on stdout, without any key a server echoed into a reply (agent.secrets)."""
+    from agent.secrets import redact
+
+    print(redact(json.dumps(payload, indent=2, ensure_ascii=False, default=str)))
 
 
 def agent_config(args: argparse.Namespace) -> Any:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
 from agent.recommender import ProfileResult, RecommendationResult
+from agent.secrets import redact
 
 console = Console(soft_wrap=False)
+R = TypeVar("R", bound=BaseModel)
+
+
+def _scrubbed(result: R) -> R:
+    """``result`` without any key a server echoed into the reply's text (agent.secrets)."""
+    return type(result).model_validate_json(redact(result.model_dump_json()))
 
 
 def print_profile(result: ProfileResult) -> None:
+    result = _scrubbed(result)
     profile = result.profile
     console.rule(
         f"[bold]Profile of {result.user_id}[/] ({result.events_shown}/{result.events_total} events shown)"
@@ -36,6 +47,7 @@ def print_profile(result: ProfileResult) -> None:
 
 
 def print_recommendations(result: RecommendationResult) -> None:
+    result = _scrubbed(result)
     console.rule(f"[bold]Top {len(result.items)} for {result.user_id}[/]")
     if result.fallback_reason:
         console.print(f"[yellow]Fallback:[/] {result.fallback_reason}")

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from agent.data.behaviors import RATING_SCALE
 from agent.data.event_columns import ColumnSlicer, EventColumns
 from agent.errors import DataError, UnknownUserError
 
@@ -331,9 +332,30 @@ def _require(frame: pd.DataFrame, columns: tuple[str, ...], file: str) -> None:
             raise DataError(f"missing required column (found: {found}{hint})", file=file, column=column)
 
 
-def _as_text(series: pd.Series) -> pd.Series:
-    """Strings with surrounding blanks stripped; blanks and NaN become NA (vectorized)."""
+LINE_SEPARATORS = "\u2028\u2029\u0085"
+"""Unicode line breaks that JSON leaves raw (unlike "\\n"): inside a prompt's data lines they would
+start a new line in many readers, so free text gets them as "\\n", which JSON escapes."""
+_SEPARATOR_PATTERN = f"[{LINE_SEPARATORS}]"
+_SEPARATOR_TABLE = str.maketrans(dict.fromkeys(LINE_SEPARATORS, "\n"))
+
+
+def plain_line_breaks(text: str | None) -> str | None:
+    """``text`` with U+2028, U+2029 and U+0085 written as "\\n" (for text that skips the loaders)."""
+    return text.translate(_SEPARATOR_TABLE) if text else text
+
+
+def _as_text(series: pd.Series, report: CleaningReport | None = None, column: str | None = None) -> pd.Series:
+    """Strings with surrounding blanks stripped; blanks and NaN become NA (vectorized).
+
+    With a ``report``, line separators become "\\n" (``LINE_SEPARATORS``), counted as the
+    repair ``line_separator_as_newline:<column>``.
+    """
     text = series.astype("string").str.strip()
+    if report is not None:
+        odd = text.str.contains(_SEPARATOR_PATTERN, regex=True, na=False)
+        if odd.any():
+            report.repair(f"line_separator_as_newline:{column}", text.index[odd.to_numpy()])
+            text = text.str.replace(_SEPARATOR_PATTERN, "\n", regex=True).str.strip()
     return text.mask(text == "")
 
 
@@ -402,9 +424,13 @@ def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
 
     user = _id_text(frame["user_id"], "user_id", report)
     item = _id_text(frame["item_id"], "item_id", report)
-    behavior_raw = _as_text(frame["behavior"])
+    behavior_raw = _as_text(frame["behavior"], report, "behavior")
     behavior = behavior_raw.str.lower()
-    text = _as_text(frame["text"]) if "text" in frame.columns else pd.Series(np.nan, index=frame.index)
+    text = (
+        _as_text(frame["text"], report, "text")
+        if "text" in frame.columns
+        else pd.Series(np.nan, index=frame.index)
+    )
 
     report.repair("behavior_lowercased", frame.index[behavior_raw.notna() & (behavior_raw != behavior)])
 
@@ -435,6 +461,20 @@ def clean_events(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
         value = pd.to_numeric(frame["value"], errors="coerce").astype("float64")
         bad_value = frame["value"].notna() & value.isna()
         report.repair("bad_value_set_to_null", frame.index[bad_value & keep])
+        # A value is a price paid or a rating: never infinite ("inf", "1e400"), never negative,
+        # and a rating stays on RATING_SCALE. Kept, they would reach prompts as bare
+        # Infinity (not JSON) or as nonsense the model would take at face value.
+        for reason, bad in (
+            ("non_finite_value_set_to_null", value.abs() == np.inf),
+            ("negative_value_set_to_null", value < 0),
+            (
+                "rating_off_scale_set_to_null",
+                (behavior == "rating") & ((value < RATING_SCALE[0]) | (value > RATING_SCALE[1])),
+            ),
+        ):
+            bad &= value.notna()
+            report.repair(reason, frame.index[bad & keep])
+            value = value.where(~bad)
     else:
         value = pd.Series(np.nan, index=frame.index, dtype="float64")
 
@@ -472,11 +512,13 @@ def clean_items(raw: pd.DataFrame, file: str = "<frame>") -> Loaded:
     dup = frame["item_id"].duplicated(keep="first")
     report.drop("duplicate_item_id", frame.index[dup.to_numpy()])
     frame = frame[~dup.to_numpy()]
-    title = _as_text(frame["title"])
+    title = _as_text(frame["title"], report, "title")
     report.repair("missing_title_set_to_id", frame.index[title.isna().to_numpy()])
     frame["title"] = title.fillna(frame["item_id"]).astype("str")
     for column in ("category", "description"):
-        frame[column] = _as_text(frame[column]).astype("object") if column in frame.columns else None
+        frame[column] = (
+            _as_text(frame[column], report, column).astype("object") if column in frame.columns else None
+        )
         frame[column] = frame[column].where(frame[column].notna(), None)
     if "price" in frame.columns:
         price = pd.to_numeric(frame["price"], errors="coerce").astype("float64")

@@ -14,8 +14,13 @@ Two tools, one concern (what identifies a person never reaches the API):
   ``Pseudonymizer().pseudonym(user_id)`` — an HMAC-SHA256 of the id under a secret key —
   and map answers back locally with ``reveal``.
 
+Values are scrubbed whole: an IBAN in any letter case ("fr14 2004 ..."), and an address with
+the postcode and city that follow it ("Hauptstraße 5, 10115 Berlin", "350 5th Ave, New York,
+NY 10118", "221B Baker Street, London NW1 6XE", "12 rue de Rivoli, 75001 Paris").
+
 Known limits (see docs/SECURITY.md): addresses are recognised in US/UK ("221B Baker Street",
-"350 5th Ave") and German ("Hauptstraße 5", "Berliner Straße 12") forms only; phone numbers
+"350 5th Ave"), German ("Hauptstraße 5", "Berliner Straße 12", any case) and French ("12 rue
+de Rivoli") forms only; phone numbers
 need 9+ digits and either an international prefix, a trunk "0" or the North-American
 3-3-4 shape; names and obfuscated forms ("jane at example dot com") are not detected.
 """
@@ -49,7 +54,8 @@ _CARD = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])")
 _ISBN_BEFORE = re.compile(r"ISBN(?:-1[03])?:?\s*$", re.I)
 
 # -- IBAN: country, check digits, 11-30 alphanumerics (validated with mod 97) --------------
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# Any letter case: people type "fr14 2004 ..." too; the mod-97 check keeps look-alikes out.
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.I)
 
 # -- phone numbers: a candidate shape, then _is_phone decides ----------------------------
 _PHONE = re.compile(
@@ -73,21 +79,34 @@ _AMBIGUOUS_ABBREVIATIONS = "Rd|Dr|Ct|Pl|Hwy"  # "Dr." and "Pl." also precede nam
 _WORD = r"(?:[A-Z][a-z][\w'’.-]*|[A-Z]\.?|\d{1,3}(?:st|nd|rd|th))"
 _DIRECTION = r"(?:\s+(?:N|S|E|W|NE|NW|SE|SW)\b)?"
 _LINE_END = r"\s*(?:$|[,;:()\n]|\s(?:Apt|Suite|Unit|Flat|#))"
+# What may follow a street line and belongs to the same address: a postcode and city.
+_CITY = r"[A-ZÄÖÜÉÈa-zäöüéè][\w'’.-]*(?:[ -][A-ZÄÖÜÉÈ][\w'’.-]*){0,2}"
+_EU_TAIL = rf"(?:,?\s*(?:[A-Z]{{1,2}}-)?\d{{4,5}}\s+{_CITY})"  # "10115 Berlin", "D-80331 München"
+_US_TAIL = r"(?:(?:,\s*[A-Z][\w.'’-]*(?:\s+[A-Z][\w.'’-]*){0,2})?,\s*[A-Z]{2}\s+\d{5}(?:-\d{4})?\b)"
+_UK_TAIL = r"(?:(?:,\s*[A-Z][\w'’-]*(?:\s+[A-Z][\w'’-]*){0,2})?,?\s+[A-Z]{1,2}\d[A-Z\d]?\s*\d[A-Z]{2}\b)"
 _US_UK_ADDRESS = re.compile(
     rf"\b(?P<number>\d{{1,5}}[A-Za-z]?),?\s+(?P<words>(?:{_WORD}\s+){{1,4}})(?:"
     rf"(?:{_STREET_TYPES})\b\.?{_DIRECTION}"
     rf"|(?:{_AMBIGUOUS_STREET_TYPES})\b{_DIRECTION}(?=\.(?!\w)|{_LINE_END})"
     rf"|(?:{_AMBIGUOUS_ABBREVIATIONS})\b\.?{_DIRECTION}(?={_LINE_END}))"
+    rf"(?:{_US_TAIL}|{_UK_TAIL}|{_EU_TAIL})?"
 )
 # Lower-case street lines as people type them in reviews ("ship to 12 baker street"); only
 # with street types that do not also name products ("2 pack usb drive", "4 piece place set").
 _LOWER_ADDRESS = re.compile(
     r"\b(?P<number>\d{1,5}[a-z]?),?\s+(?P<words>(?:[a-z][a-z'’.-]+\s+){1,3})(?:street|avenue|boulevard|terrace)\b"
 )
-_DE_ADDRESS = re.compile(
+_DE_ADDRESS = re.compile(  # any case: "hauptstraße 5, 10115 berlin" is typed too
     r"\b(?:[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ufer|chaussee)"
     r"|[A-ZÄÖÜ][a-zäöüß]+\s+(?:Straße|Strasse|Str\.|Weg|Gasse|Platz|Allee|Damm|Ufer|Chaussee))"
-    r"\s*\d{1,4}(?:\s?[a-zA-Z])?\b"
+    rf"\s*\d{{1,4}}(?:\s?[a-zA-Z])?\b{_EU_TAIL}?",
+    re.I,
+)
+_FR_ADDRESS = re.compile(  # "12 rue de Rivoli, 75001 Paris", "5 bis avenue Foch"
+    r"\b\d{1,4}(?:\s?(?:bis|ter))?,?\s+(?:rue|avenue|boulevard|bd|chemin|impasse|quai|allée)\s+"
+    r"(?:(?:de|du|des|la|le|l[’']|d[’'])\s*){0,2}[A-ZÉÈ][\w'’-]*(?:[ -][A-ZÉÈ][\w'’-]*){0,3}"
+    rf"{_EU_TAIL}?",
+    re.I,
 )
 # Words that, right after a number, make "<n> <words> <street type>" a product, not a street.
 _PRODUCT_COUNT_TEXT = """men's women's mens womens kid's kids boys girls unisex pack packs piece pieces pcs pc set sets count ct person people player players seat seats
@@ -202,6 +221,7 @@ _RULES: tuple[tuple[str, re.Pattern[str], _Spans | None], ...] = (
     # Phones before cards: "+4915112345678" is 13 digits, a card's length, but has a "+".
     ("phone", _PHONE, _phone_spans),
     ("card", _CARD, _whole_if(_is_card)),
+    ("address", _FR_ADDRESS, None),  # first: "5 bis avenue Foch" is no English street line
     ("address", _US_UK_ADDRESS, _whole_if(_is_street)),
     ("address", _LOWER_ADDRESS, _whole_if(_is_street)),
     ("address", _DE_ADDRESS, None),

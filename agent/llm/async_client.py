@@ -26,6 +26,7 @@ from agent.errors import Usage
 from agent.llm.client import (
     Exchange,
     LLMConfig,
+    RequestDeadlineError,
     StructuredReply,
     _MalformedBody,
     build_request_body,
@@ -109,7 +110,13 @@ class AsyncChatClient:
         completion: Any = None
         error: BaseException | None = None
         try:
-            raw = await self._sdk.chat.completions.with_raw_response.create(**body, extra_headers=headers)
+            try:  # --timeout bounds the whole attempt (connect + send + full body), not each read
+                async with asyncio.timeout(self.config.timeout_s):
+                    raw = await self._sdk.chat.completions.with_raw_response.create(
+                        **body, extra_headers=headers
+                    )
+            except TimeoutError:
+                raise RequestDeadlineError(f"no complete reply within {self.config.timeout_s:g}s") from None
             response_headers = raw.headers
             try:
                 completion = raw.parse()

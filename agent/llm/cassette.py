@@ -7,8 +7,10 @@ canonical body (JSON with sorted keys, volatile fields removed) plus the templat
 from the ``X-Recagent-Template`` header: editing a prompt changes the body and so
 invalidates its recordings, instead of silently replaying a stale answer.
 
-Nothing secret is written: request headers are not stored at all, and only the response's
-content type is kept.
+Nothing secret is written: request headers are not stored at all, only the response's
+``retry-after*`` and ``x-ratelimit-*`` headers are kept, and every string is redacted
+(``agent.secrets``). A cassette is written atomically and only to a regular file or a new
+path (``agent.files``); an unreadable, truncated or invalid cassette is a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from typing import Any
 import httpx2
 import openai
 
+from agent.errors import ConfigError
+from agent.files import atomic_writer, check_target
 from agent.prompting.templates import TEMPLATE_HEADER
+from agent.secrets import redact_json
 
 CASSETTE_VERSION = 1
 # Fields that change between otherwise identical requests and must not affect matching.
@@ -92,10 +97,12 @@ class Cassette:
         self.path = Path(path)
         self._lock = threading.Lock()
         self.interactions: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            for entry in data.get("interactions", []):
-                self.interactions[entry["key"]] = entry
+        for entry in _load(self.path):
+            self.interactions[entry["key"]] = entry
+
+    def check_writable(self) -> None:
+        """Raise ``ConfigError`` now if ``save`` could never write this path (a directory, a device)."""
+        check_target(self.path, ConfigError, "cassette")
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.interactions.get(key)
@@ -138,16 +145,38 @@ class Cassette:
         file first (the record scripts do). Writers in different processes are not coordinated.
         """
         with self._lock:
-            if self.path.is_file():
-                on_disk = json.loads(self.path.read_text(encoding="utf-8")).get("interactions", [])
-                for entry in on_disk:
-                    self.interactions.setdefault(entry["key"], entry)
+            for entry in _load(self.path):
+                self.interactions.setdefault(entry["key"], entry)
             ordered = sorted(self.interactions.values(), key=lambda e: (e["template"], e["key"]))
-            payload = {"version": CASSETTE_VERSION, "interactions": ordered}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(self.path)
+            # A server may echo the key in a body: never write it (agent.secrets).
+            payload = redact_json({"version": CASSETTE_VERSION, "interactions": ordered})
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the directory of cassette {self.path}: {exc}") from None
+            with atomic_writer(self.path, ConfigError, "cassette") as handle:
+                handle.write(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
+
+
+def _load(path: Path) -> list[dict[str, Any]]:
+    """The interactions stored in ``path`` ([] if it does not exist); ``ConfigError`` if unusable."""
+    if not path.exists():
+        return []
+    check_target(path, ConfigError, "cassette")  # never read a device or a FIFO: it may never end
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = data.get("interactions", []) if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("key"), str) for e in entries
+        ):
+            raise ValueError("no list of interactions with keys")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"cassette {path} is not valid JSON (truncated?): {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot read cassette {path}: {exc}") from None
+    return entries
 
 
 def _describe(request: httpx2.Request) -> tuple[str, dict[str, Any], str, str]:
@@ -185,6 +214,7 @@ class RecordingTransport(httpx2.BaseTransport):
     """Passes requests to a real transport and stores each exchange in the cassette."""
 
     def __init__(self, cassette: Cassette, inner: httpx2.BaseTransport | None = None) -> None:
+        cassette.check_writable()  # refuse a directory or a device before any request is paid
         self.cassette = cassette
         self.inner = inner or httpx2.HTTPTransport()
 

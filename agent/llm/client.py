@@ -40,6 +40,7 @@ from agent.errors import Usage
 from agent.prompting.schemas import strict_json_schema
 from agent.prompting.templates import TEMPLATE_HEADER, RenderedPrompt
 from agent.prompting.tokens import PriceTable
+from agent.secrets import redact, register, register_url, safe_url
 
 if TYPE_CHECKING:
     import openai
@@ -80,6 +81,10 @@ class LLMConfig:
         self.timeout_s = checked_timeout(self.timeout_s, "the timeout (--timeout)")
         if self.base_url is not None:
             check_base_url(self.base_url)
+        # Whatever is persisted or printed from now on is scrubbed of this key and of any
+        # credentials in the base URL (agent.secrets).
+        register(self.api_key)
+        register_url(self.base_url)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMConfig:
@@ -191,10 +196,16 @@ class _MalformedBody(Exception):
     """The server answered 2xx with a body that is not a chat completion (garbled JSON, text)."""
 
 
+class RequestDeadlineError(Exception):
+    """An attempt outlived ``timeout_s`` as a whole (connect + send + full body); retryable."""
+
+
 def _is_retryable(exc: BaseException) -> bool:
     import openai  # the SDK loads on first use: a command without a model never pays for it
 
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, _MalformedBody)):
+    if isinstance(
+        exc, (openai.APITimeoutError, openai.APIConnectionError, _MalformedBody, RequestDeadlineError)
+    ):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRYABLE_STATUS and _error_code(exc) != "insufficient_quota"
@@ -249,18 +260,17 @@ def map_transport_error(
         return errors.CassetteMissError(str(exc), attempts=attempts, usage=usage, template=exc.template)
     if isinstance(exc, openai.APIStatusError):
         return _map_status_error(exc, attempts, usage, template)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, (openai.APITimeoutError, RequestDeadlineError)):
         return errors.TransportError(
             f"request timed out after {timeout_s:g}s ({attempts} attempts)", **kwargs
         )
     if isinstance(exc, openai.APIConnectionError):
-        return errors.TransportError(f"cannot reach {base_url} ({attempts} attempts): {exc}", **kwargs)
+        return errors.TransportError(
+            f"cannot reach {safe_url(base_url)} ({attempts} attempts): {exc}", **kwargs
+        )
     if isinstance(exc, _MalformedBody):
         return errors.TransportError(f"malformed response after {attempts} attempts: {exc}", **kwargs)
     return None
-
-
-_SECRET = re.compile(r"(?:sk-|Bearer\s+)[A-Za-z0-9_\-*.]{6,}")
 
 
 def _map_status_error(
@@ -268,7 +278,7 @@ def _map_status_error(
 ) -> errors.ModelError:
     status, code = exc.status_code, _error_code(exc)
     # Servers echo bad keys in their messages ("Incorrect API key provided: sk-..."); never pass them on.
-    message = _SECRET.sub("[redacted]", exc.message)
+    message = redact(exc.message)
     detail = f"HTTP {status}{f' {code}' if code else ''}: {message}"
     kwargs: dict[str, Any] = {"attempts": attempts, "usage": usage, "template": template}
     if status == 429 and code == "insufficient_quota":
@@ -426,6 +436,10 @@ class ChatClient:
         # loaded by the first client, not by `import agent` or a command without a model.
         import openai
 
+        from agent.llm.deadline import deadline_client
+
+        if http_client is None:  # --timeout bounds each whole request, not each network read
+            http_client = deadline_client(self.config.timeout_s)
         self._sdk = openai.OpenAI(
             api_key=self.config.api_key or "not-needed",
             base_url=self.config.base_url,

@@ -22,6 +22,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from agent.profiles.feedback import (
     StoredFeedback,
 )
 from agent.profiles.versions import Change, ProfileDraft, ProfileState, ProfileVersion
+from agent.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +265,11 @@ class SQLiteStore(Store):
     # -- plumbing --------------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction: committed if the block finishes, rolled back otherwise."""
+        """One IMMEDIATE transaction: committed if the block finishes, rolled back otherwise.
+
+        Any SQLite failure inside (disk full, I/O error, a corrupt page or index) is one
+        ``StoreError``; the transaction is rolled back, so nothing half-written stays.
+        """
         with self._lock:
             conn = self.connection
             try:
@@ -272,14 +278,28 @@ class SQLiteStore(Store):
                 raise StoreError(f"profile store {self.path} is not writable: {exc}") from None
             try:
                 yield conn
+            except sqlite3.IntegrityError:
+                self._rollback(conn)
+                raise  # the callers turn constraint failures into their own errors
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise StoreError(f"profile store {self.path}: {exc}") from None
             except BaseException:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                self._rollback(conn)
                 raise StoreError(f"profile store {self.path}: commit failed: {exc}") from None
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite rolls back by itself after some failures (disk full, I/O errors): a ROLLBACK
+        # then fails with "no transaction is active", which must not hide the real error.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -380,10 +400,10 @@ class SQLiteStore(Store):
                         draft.producer,
                         draft.model,
                         draft.template_version,
-                        _dumps(draft.evidence),
+                        redact(_dumps(draft.evidence)),  # model output: no echoed key is stored
                         draft.feedback_upto,
-                        draft.state.model_dump_json(),
-                        _dumps([c.model_dump(mode="json") for c in draft.changes]),
+                        redact(draft.state.model_dump_json()),
+                        redact(_dumps([c.model_dump(mode="json") for c in draft.changes])),
                         _dumps(draft.usage),
                     ),
                 )
@@ -466,7 +486,7 @@ class SQLiteStore(Store):
                     served.profile_version,
                     served.model,
                     served.template_version,
-                    served.fallback_reason,
+                    redact(served.fallback_reason) if served.fallback_reason else None,
                     int(usage.get("prompt_tokens", 0)),
                     int(usage.get("completion_tokens", 0)),
                     float(usage.get("cost_usd", 0.0)),

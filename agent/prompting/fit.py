@@ -43,7 +43,6 @@ from agent.prompting.lines import (
     dumped_lines,
     history_pieces,
     line_memo,
-    tojson_text,
 )
 from agent.prompting.templates import PromptRenderer, RecommendInputs, RenderedPrompt
 
@@ -52,8 +51,8 @@ log = logging.getLogger(__name__)
 Builder = Callable[[list[HistoryLine]], tuple[str, BaseModel]]
 """``build(kept) -> (template name, inputs)``; the inputs may differ only in ``history``."""
 
-_AGENT_VERSIONS = {"profile@425f7ff96c", "recommend@6b333f364c"}
-_CONTENT_VERSIONS = {"describe_item@6015253449", "explain@67406db280", "summarize@0d79cec544"}
+_AGENT_VERSIONS = {"profile@04e8c52fd9", "recommend@67881841f9"}
+_CONTENT_VERSIONS = {"describe_item@09cb835208", "explain@1de4fe51ef", "summarize@96e3f72b40"}
 FAST_TEMPLATE_VERSIONS: frozenset[str] = frozenset(_AGENT_VERSIONS | _CONTENT_VERSIONS)
 """Built-in template versions whose user message shows ``history`` only through
 ``{{ base.history_block(history, total_events) }}`` (and whose system message not at all),
@@ -121,11 +120,7 @@ def _head(shown: int, total: object) -> str:
 
 
 def _tail(line: dict[str, Any]) -> str:
-    subject = line["title"] or line["text"] or line["item_id"]
-    return (
-        f"\nThe most recent event is #{line['n']}: {tojson_text(line['behavior'])} of "
-        f"{tojson_text(subject)} on {line['date']}."
-    )
+    return f"\nThe most recent event is #{line['n']}, the last line of the history."
 
 
 def _fit_builtin(

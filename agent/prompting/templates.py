@@ -5,7 +5,12 @@ Each template defines two macros, ``system()`` and ``user()``; each is rendered 
 validated pydantic inputs model and ``StrictUndefined`` (a missing variable is an error, not
 an empty string). Templates always render in Jinja's sandbox, because users can point
 ``template_dir`` (or ``RECAGENT_TEMPLATES``) at their own files; a user file with the same
-name overrides the built-in one.
+name overrides the built-in one. Two more walls for user templates: a template file whose
+real path (symlinks resolved) is outside the template directories is refused, so a committed
+``leak.j2 -> ../secret.txt`` cannot send a file to the model API; and one render may take at
+most ``render_timeout_s`` seconds (loops over ``range`` and every call or attribute access
+check the clock; ``*`` and ``**`` refuse to build huge values), so ``range`` loops nested ten
+deep end in a ``TemplateError`` instead of running for hours.
 
 A template's version is ``name@<first 10 hex of sha256(source of it and of _base.j2)>``, so
 editing a template changes the version, the request metadata and the cassette key.
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +34,8 @@ from stat import S_ISREG
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment, safe_range
 from pydantic import BaseModel, Field
 
 from agent.errors import TemplateError
@@ -84,6 +92,115 @@ TEMPLATE_INPUTS: dict[str, type[BaseModel]] = {
 TEMPLATE_HEADER = "X-Recagent-Template"
 
 
+RENDER_TIMEOUT_S = 5.0
+"""Longest one render may take (the built-in templates take milliseconds)."""
+MAX_BUILT_SIZE = 1_000_000
+"""Largest string or list a template may build with ``*``, and largest result of ``**`` (digits)."""
+_RENDER_FAILURES = (
+    jinja2.TemplateError,  # sandbox refusals included (SecurityError)
+    ArithmeticError,  # 1/0, a float power that overflows
+    TypeError,  # len() of a number...
+    ValueError,
+    LookupError,
+    MemoryError,
+    RecursionError,  # a macro that calls itself
+)
+"""What rendering a (user) template may raise; each becomes one ``TemplateError``."""
+_RENDER_DEADLINE: ContextVar[float | None] = ContextVar("recagent_render_deadline", default=None)
+
+
+def _tick() -> None:
+    """Raise ``SecurityError`` once the current render is past its deadline."""
+    end = _RENDER_DEADLINE.get()
+    if end is not None and time.monotonic() > end:
+        raise SecurityError("rendering took too long (a loop that never ends in time?)")
+
+
+def _ticking(values: Iterator[int]) -> Iterator[int]:
+    for n, value in enumerate(values):
+        if n % 1024 == 0:
+            _tick()
+        yield value
+
+
+class _TimedRange:
+    """``range`` for templates: the sandbox's size limit, and the clock checked while iterating."""
+
+    def __init__(self, *args: int) -> None:
+        self._range = safe_range(*args)
+
+    def __iter__(self) -> Iterator[int]:
+        return _ticking(iter(self._range))
+
+    def __reversed__(self) -> Iterator[int]:
+        return _ticking(reversed(self._range))
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._range
+
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """Jinja's sandbox plus a time bound and size bounds on what a template builds."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.globals["range"] = _TimedRange
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(n, int)
+                    and len(seq) * n > MAX_BUILT_SIZE
+                ):
+                    raise SecurityError(f"a template may not build values over {MAX_BUILT_SIZE:,} long")
+        big_power = isinstance(left, int) and isinstance(right, int) and right * abs(left).bit_length()
+        if operator == "**" and big_power and big_power > 4 * MAX_BUILT_SIZE:  # ~1.2M digits in bits
+            raise SecurityError("a template may not compute powers that large")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+
+class _ConfinedLoader(jinja2.FileSystemLoader):
+    """``FileSystemLoader`` that refuses a file whose real path leaves the template directories."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        _check_confined(Path(filename), [Path(p) for p in self.searchpath], template)
+        return source, filename, uptodate
+
+
+def _check_confined(path: Path, directories: Sequence[Path], name: str) -> None:
+    real = path.resolve()
+    if not any(real.is_relative_to(d.resolve()) for d in directories):
+        raise SecurityError(
+            f"template {name!r} resolves to a file outside the template directories (a symlink?); refused"
+        )
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     name: str
@@ -94,7 +211,10 @@ class RenderedPrompt:
 class PromptRenderer:
     """Renders templates from an optional user directory, then the built-in one."""
 
-    def __init__(self, template_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, template_dir: str | Path | None = None, *, render_timeout_s: float = RENDER_TIMEOUT_S
+    ) -> None:
+        self.render_timeout_s = render_timeout_s
         user_dir = template_dir or os.environ.get("RECAGENT_TEMPLATES")
         search: Sequence[Path] = (
             [Path(user_dir), BUILTIN_TEMPLATE_DIR] if user_dir else [BUILTIN_TEMPLATE_DIR]
@@ -102,8 +222,8 @@ class PromptRenderer:
         if user_dir and not Path(user_dir).is_dir():
             raise TemplateError(f"template directory not found: {user_dir}")
         self._search = list(search)
-        self._env = SandboxedEnvironment(
-            loader=jinja2.FileSystemLoader([str(p) for p in self._search]),
+        self._env = _BoundedSandbox(
+            loader=_ConfinedLoader([str(p) for p in self._search]),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             trim_blocks=False,
@@ -123,6 +243,10 @@ class PromptRenderer:
             except OSError:
                 continue
             if S_ISREG(stat.st_mode):
+                try:
+                    _check_confined(path, [directory], filename)
+                except SecurityError as exc:
+                    raise TemplateError(str(exc)) from None
                 return path, stat
         raise TemplateError(f"template {filename!r} not found in {', '.join(map(str, self._search))}")
 
@@ -180,6 +304,7 @@ class PromptRenderer:
         elements may be ``DumpedLine``s. ``version``, if given, must be ``self.version(name)``
         as the caller just read it.
         """
+        token = _RENDER_DEADLINE.set(time.monotonic() + self.render_timeout_s)
         try:
             template = self._env.get_template(f"{name}.j2")
             module = template.make_module(variables)
@@ -191,8 +316,10 @@ class PromptRenderer:
             ) from exc
         except AttributeError as exc:
             raise TemplateError(f"template {name!r} must define macros system() and user()") from exc
-        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:  # sandbox limits, too
+        except _RENDER_FAILURES as exc:  # sandbox limits and a user template's own bugs
             raise TemplateError(f"template {name!r} failed to render: {exc}") from exc
+        finally:
+            _RENDER_DEADLINE.reset(token)
         return RenderedPrompt(
             name=name,
             version=version or self.version(name),
@@ -205,6 +332,7 @@ class PromptRenderer:
         Only for macros that use nothing but their arguments (the module has no context).
         Raises ``TemplateError`` as ``render`` does.
         """
+        token = _RENDER_DEADLINE.set(time.monotonic() + self.render_timeout_s)
         try:
             return str(getattr(self._env.get_template(filename).module, macro)(*args))
         except jinja2.TemplateNotFound as exc:
@@ -213,8 +341,10 @@ class PromptRenderer:
             ) from exc
         except AttributeError as exc:
             raise TemplateError(f"template {filename!r} has no macro {macro}()") from exc
-        except (jinja2.TemplateError, OverflowError, MemoryError) as exc:
+        except _RENDER_FAILURES as exc:
             raise TemplateError(f"macro {macro}() of {filename!r} failed to render: {exc}") from exc
+        finally:
+            _RENDER_DEADLINE.reset(token)
 
 
 def default_renderer(template_dir: str | None = None) -> PromptRenderer:

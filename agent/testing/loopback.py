@@ -230,6 +230,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         if out.events is None:
+            if self.owner.drip_s > 0:  # a slowloris reply: never idle long enough for a read timeout
+                for i in range(len(out.body)):
+                    self.wfile.write(out.body[i : i + 1])
+                    self.wfile.flush()
+                    if self.owner._stop.wait(self.owner.drip_s):
+                        return
+                return
             self.wfile.write(out.body)
             return
         for event in out.events:
@@ -245,7 +252,9 @@ class LoopbackServer:
     ``faults``: a ``FaultPlan``, a sequence (fault i for chat call i) or a callable
     ``(call_index, body) -> Fault | None``. ``latency_s`` delays each chat completion.
     ``reject_json_schema`` answers 400 to ``response_format: {"type": "json_schema"}``
-    as servers without structured outputs do.
+    as servers without structured outputs do. ``drip_s`` > 0 sends every response body (chat,
+    files, batches) one byte every ``drip_s`` seconds (headers at once), as a hostile or
+    broken server might: per-read timeouts never fire, only a whole-request deadline ends it.
     """
 
     def __init__(
@@ -255,6 +264,7 @@ class LoopbackServer:
         faults: FaultPlan | Sequence[Fault | None] | FaultFn | None = None,
         limits: Limits | None = None,
         latency_s: float = 0.0,
+        drip_s: float = 0.0,
         reject_json_schema: bool = False,
         models: Sequence[str] = (DEFAULT_MODEL,),
         batch: BatchConfig | None = None,
@@ -272,6 +282,7 @@ class LoopbackServer:
         self.faults: FaultFn | None = FaultPlan(faults) if isinstance(faults, Sequence) else faults
         self.limits = limits
         self.latency_s = latency_s
+        self.drip_s = drip_s
         self.reject_json_schema = reject_json_schema
         self.models = list(models)
         self.requests: list[RecordedRequest] = []

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = ["BatchConfig", "BatchStore", "StoredFile", "parse_multipart"]
 
@@ -47,6 +48,10 @@ class BatchConfig:
     fail_custom_ids: Collection[str] = ()
     expire_custom_ids: Collection[str] = ()
     fail_status: int = 500
+    rename_id: Callable[[str], str] | None = None
+    """Maps every file and batch id the server makes to the one it serves: e.g.
+    ``lambda i: "../../" + i`` plays a hostile (or broken) Batch API whose ids would climb out of
+    a client's directory if used as paths."""
 
 
 @dataclass
@@ -126,9 +131,14 @@ class BatchStore:
         self._failed_once: set[str] = set()
         self._expired_once: set[str] = set()
 
+    def _id(self, prefix: str) -> str:
+        fresh = _new_id(prefix)
+        return self.config.rename_id(fresh) if self.config.rename_id else fresh
+
     def handle(self, method: str, path: str, content_type: str, raw: bytes) -> Result | None:
         """Answer a /v1/files* or /v1/batches* request; None when the path is not ours."""
-        parts = path.strip("/").split("/")[1:]  # drop "v1"
+        # Ids arrive percent-encoded as one path segment each (a hostile id may hold "/").
+        parts = [unquote(part) for part in path.strip("/").split("/")[1:]]  # drop "v1"
         if not parts or parts[0] not in ("files", "batches"):
             return None
         with self._lock:
@@ -139,7 +149,7 @@ class BatchStore:
     # -- files ---------------------------------------------------------------------------
     def add_file(self, data: bytes, *, filename: str = "upload.jsonl", purpose: str = "batch") -> StoredFile:
         with self._lock:
-            f = StoredFile(_new_id("file"), filename, purpose, data)
+            f = StoredFile(self._id("file"), filename, purpose, data)
             self.files[f.id] = f
             return f
 
@@ -205,7 +215,7 @@ class BatchStore:
             return _error(400, "completion_window must be '24h'.", param="completion_window")
         now = int(time.time())
         obj: dict[str, Any] = {
-            "id": _new_id("batch"),
+            "id": self._id("batch"),
             "object": "batch",
             "endpoint": req["endpoint"],
             "errors": None,
