@@ -24,7 +24,7 @@ from agent.data.loading import align_catalog, load_events, load_items
 from agent.llm.async_client import AsyncChatClient
 from agent.llm.client import ChatClient, LLMConfig
 from agent.prompting.schemas import BehaviorProfile
-from agent.prompting.templates import ProfileInputs, default_renderer, render
+from agent.prompting.templates import ProfileInputs, render
 from agent.recommender import RecommenderAgent
 from agent.testing.loopback import BatchConfig, LoopbackServer, Reply
 from agent.testing.standin_model import respond
@@ -260,13 +260,10 @@ def test_a_template_symlink_out_of_the_template_dir_is_refused(
     )
     monkeypatch.setenv("RECAGENT_TEMPLATES", str(templates))
     monkeypatch.setenv("OPENAI_API_KEY", "not-a-key")
-    default_renderer.cache_clear()  # renderers are cached per process; this one reads the variable
-    try:
-        with LoopbackServer(responder=standin) as srv:
-            code = main(["profile", *DATA, "--user", "u001", "--base-url", srv.base_url])
-            sent = json.dumps([r.body for r in srv.requests])
-    finally:
-        default_renderer.cache_clear()
+    # default_renderer reads RECAGENT_TEMPLATES on every call (its cache is keyed by the directory)
+    with LoopbackServer(responder=standin) as srv:
+        code = main(["profile", *DATA, "--user", "u001", "--base-url", srv.base_url])
+        sent = json.dumps([r.body for r in srv.requests])
     assert code == errors.TemplateError.exit_code
     assert "TOP-SECRET" not in sent and "outside the template directories" in capsys.readouterr().err
     (templates / "profile.j2").unlink()
