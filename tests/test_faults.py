@@ -566,6 +566,8 @@ def test_batch_fault_matrix(
     failures = {(f["user_id"], f["task"]): f for f in _jsonl(tmp_path / "failures.jsonl")}
     everything = {(u, t) for u in BATCH_USERS for t in batch.TASKS}
     recovers = case.error is None or (mode == "once" and case.handling in ("transport", "reask"))
+    # the batch runner asks a reply cut by its completion cap once more with a larger cap
+    recovers = recovers or (mode == "once" and case.name == "finish-length")
     written = (tmp_path / "results.jsonl").read_text() + (tmp_path / "failures.jsonl").read_text()
     assert API_KEY not in written
     if recovers:

@@ -274,6 +274,18 @@ class Ledger:
         return (row["t"] / row["n"], row["n"]) if row and row["n"] else None
 
     # -- outputs -------------------------------------------------------------------------
+    def completion_samples(self, task: str, limit: int = 2000) -> list[int]:
+        """Completion tokens per request of the latest finished ``task`` requests (to resume a
+        learned completion budget)."""
+        rows = self._db.rows(
+            self._db.execute(
+                "SELECT completion_tokens, requests FROM requests WHERE task = ? AND status = 'done' "
+                "AND requests > 0 ORDER BY rowid DESC LIMIT ?",
+                (task, limit),
+            )
+        )
+        return [int(row["completion_tokens"] / row["requests"]) for row in rows]
+
     def iter_newest(self, status: str) -> Iterator[dict[str, Any]]:
         """Output lines (as dicts) of the newest row per (user, task) with ``status``, sorted."""
         cursor = self._db.execute(f"{_NEWEST} AND r.status = ? ORDER BY r.user_id, r.task", (status,))

@@ -42,6 +42,7 @@ from typing import Any
 import httpx2
 
 from agent import errors
+from agent.batch.budget import CompletionBudget
 from agent.batch.ledger import FAILURES_FILE, RESULTS_FILE, Ledger
 from agent.data.privacy import Pseudonymizer
 from agent.llm.async_client import AsyncChatClient
@@ -221,6 +222,8 @@ class Snapshot:
     cost_usd: float = 0.0
     rate_limited: int = 0
     in_batch_api: int = 0
+    truncated_reasked: int = 0
+    """Replies cut by the learned completion cap and asked again with a larger one."""
     elapsed_s: float = 0.0
 
     @property
@@ -264,6 +267,7 @@ class BatchSummary:
             "tokens_per_min": round(p.tokens_per_min, 1),
             "rate_limited": p.rate_limited,
             "in_batch_api": p.in_batch_api,
+            "truncated_reasked": p.truncated_reasked,
             "stopped": self.stopped,
             "results_file": str(Path(self.out_dir) / RESULTS_FILE),
             "failures_file": str(Path(self.out_dir) / FAILURES_FILE),
@@ -304,6 +308,10 @@ class _Run:
         """An unexpected error in a worker: it stops the run and is raised at its end."""
         self.start = time.monotonic()
         self.snapshot = Snapshot(total=0)
+        self.budget = CompletionBudget(self.settings.k, planner.config.max_completion_tokens)
+        for task in self.settings.tasks:  # resume the learned caps from the ledger
+            for tokens in reversed(ledger.completion_samples(task)):
+                self.budget.observe(task, tokens)
         self._open_tasks: dict[str, int] = {}
         """Tasks not yet settled, per user in flight (never more users than the queue holds)."""
         self.users = 0
@@ -358,13 +366,34 @@ class _Run:
                 self.crash = self.crash or exc
                 self.stopped = self.stopped or "crashed"
 
+    async def _ask(self, item: Planned) -> Any:
+        """One model call under the learned completion cap; a reply cut by the cap is asked once
+        more with a larger one (``CompletionBudget.retry_cap``) and the user is never lost to it."""
+        assert item.prepared is not None
+        context = item.prepared.context
+        cap = self.budget.cap(item.task)
+        headers = {CUSTOM_ID_HEADER: item.custom_id}
+        try:
+            return await self.client.complete(
+                item.prepared.prompt, context.output_model(), headers=headers, max_completion_tokens=cap
+            )
+        except errors.TruncatedReplyError as exc:
+            bigger = self.budget.retry_cap(cap)
+            if bigger is None:
+                raise
+            self._account(exc.usage)
+            self.ledger.add_usage(item.custom_id, exc.usage)
+            self.snapshot.truncated_reasked += 1
+            log.info("reply cut at %d tokens for %s; asking again with %d", cap, item.custom_id, bigger)
+            return await self.client.complete(
+                item.prepared.prompt, context.output_model(), headers=headers, max_completion_tokens=bigger
+            )
+
     async def _send(self, item: Planned) -> None:
         assert item.prepared is not None
         context = item.prepared.context
         try:
-            reply = await self.client.complete(
-                item.prepared.prompt, context.output_model(), headers={CUSTOM_ID_HEADER: item.custom_id}
-            )
+            reply = await self._ask(item)
         except errors.BudgetExceededError as exc:
             self._stop("budget", exc)
             return
@@ -387,6 +416,7 @@ class _Run:
             self._finished(item.user_id, "failed")
             return
         self.ledger.record_done(item.custom_id, result.model_dump_json(), reply.usage)
+        self.budget.observe(item.task, reply.usage.completion_tokens // max(reply.usage.requests, 1))
         self._account(reply.usage)
         self._finished(item.user_id, "done")
 
@@ -471,6 +501,8 @@ async def run_batch(
                 out_dir=str(settings.out_dir),
                 extra={
                     **ledger.user_counts(),
+                    "completion_caps": {task: run.budget.cap(task) for task in settings.tasks},
+                    "refunded_tokens": round(limiter.stats.refunded_tokens),
                     "final_concurrency": limiter.concurrency.limit,
                     "ledger_status": counts,
                 },

@@ -159,19 +159,30 @@ class AsyncChatClient:
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 
     async def complete(
-        self, prompt: RenderedPrompt, output: type[M], *, headers: Mapping[str, str] | None = None
+        self,
+        prompt: RenderedPrompt,
+        output: type[M],
+        *,
+        headers: Mapping[str, str] | None = None,
+        max_completion_tokens: int | None = None,
     ) -> StructuredReply[M]:
         """Send ``prompt`` and return a reply validated as ``output`` (see ``ChatClient.complete``).
 
-        ``headers`` are extra request headers (e.g. the batch runner's custom id). Raises a
-        ``ModelError`` subclass, or what the gate raises to refuse a request.
+        ``headers`` are extra request headers (e.g. the batch runner's custom id);
+        ``max_completion_tokens`` overrides the configured cap for this request (the batch
+        runner's learned budget). Raises a ``ModelError`` subclass, or what the gate raises to
+        refuse a request.
         """
         exchange = Exchange(self, prompt, output)
+        if max_completion_tokens is not None:
+            exchange.body["max_completion_tokens"] = max_completion_tokens
         while True:
             try:
                 completion = await self._send(exchange.body, prompt.version, exchange.usage, headers or {})
             except errors.BadRequestError as exc:
                 if exchange.rejected(exc):
+                    if max_completion_tokens is not None:  # the rebuilt body keeps this request's cap
+                        exchange.body["max_completion_tokens"] = max_completion_tokens
                     continue
                 raise
             reply = exchange.received(completion)

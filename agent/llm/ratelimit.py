@@ -150,6 +150,8 @@ class LimiterStats:
     """429 answers seen (``insufficient_quota`` excluded)."""
     waited_s: float = 0.0
     tokens_charged: float = 0.0
+    refunded_tokens: float = 0.0
+    """Unused completion reservations given back because the server charged actual usage."""
 
 
 def _header_number(headers: Mapping[str, str], name: str) -> float | None:
@@ -197,6 +199,8 @@ class RateLimiter:
         self._paused_until = 0.0
         self._decreased_for = -1.0
         self._lock = asyncio.Lock()
+        self._in_flight_tokens = 0.0
+        """Tokens charged to attempts not yet answered (the server may not have seen them yet)."""
 
     def estimate(self, body: Mapping[str, Any]) -> tuple[float, float]:
         """(tokens to charge, calibrated prompt estimate) for one request body."""
@@ -240,6 +244,7 @@ class RateLimiter:
             raise
         self.stats.attempts += 1
         self.stats.tokens_charged += tokens
+        self._in_flight_tokens += tokens
         return Ticket(tokens, prompt, counted)
 
     def exit(
@@ -252,9 +257,12 @@ class RateLimiter:
     ) -> None:
         """Release the slot and learn from the response (see module docstring)."""
         self.concurrency.release()
+        self._in_flight_tokens = max(self._in_flight_tokens - ticket.tokens, 0.0)
         now = self.clock()
         if headers is not None:
             self._observe_headers(headers, now)
+        if completion is not None and error is None and headers is not None:
+            self._refund_unused(ticket, headers, completion, now)
         if completion is not None and error is None:
             self.concurrency.on_success()
             reported = getattr(getattr(completion, "usage", None), "prompt_tokens", None)
@@ -270,6 +278,29 @@ class RateLimiter:
             and _error_code(error) != "insufficient_quota"
         ):
             self._rate_limited(headers or {}, now)
+
+    def _refund_unused(self, ticket: Ticket, headers: Mapping[str, str], completion: Any, now: float) -> None:
+        """Give back the unused part of the reserved completion when the server charged less.
+
+        A server that charges the completion actually produced has more tokens left than our
+        bucket, which charged the whole reservation; its ``x-ratelimit-remaining-tokens`` shows
+        it. We move up towards it by at most this reply's unused reservation, never above what
+        the server says is left, and less what we have in flight that it may not count yet. A
+        server that charges the reservation shows almost no room: only our prompt estimate's
+        error, which the calibration removes after a few replies.
+        """
+        used = getattr(getattr(completion, "usage", None), "completion_tokens", None)
+        remaining = _header_number(headers, "x-ratelimit-remaining-tokens")
+        if self.tokens is None or used is None or remaining is None:
+            return
+        unused = max(ticket.tokens - ticket.prompt_estimate - float(used), 0.0)
+        self.tokens.refill(now)
+        # what the server shows beyond our level, less what we sent that it may not count yet
+        room = remaining - self.tokens.level - self._in_flight_tokens
+        if unused > 0 and room > 0:
+            give_back = min(unused, room)
+            self.tokens.take(-give_back)
+            self.stats.refunded_tokens += give_back
 
     def _observe_headers(self, headers: Mapping[str, str], now: float) -> None:
         for kind in ("requests", "tokens"):

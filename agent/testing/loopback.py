@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from agent.testing.loopback_batch import BatchConfig, BatchStore, parse_multipart
 from agent.testing.loopback_replies import (
@@ -84,6 +84,10 @@ class Limits:
     tpm: int | None = None
     minute_s: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    charge: Literal["reserved", "actual"] = "reserved"
+    """What a request costs against TPM: ``reserved`` = prompt + ``max_completion_tokens`` at
+    admission (as OpenAI documents); ``actual`` = the same at admission, then the unused part of
+    the completion reservation given back when the reply is produced."""
 
 
 @dataclass
@@ -293,6 +297,7 @@ class LoopbackServer:
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._calls = 0
         self._clock = limits.clock if limits else time.monotonic
+        self._charge = limits.charge if limits else "reserved"
         self._buckets: dict[str, _Bucket] = {}
         for kind, capacity in (("requests", limits and limits.rpm), ("tokens", limits and limits.tpm)):
             if limits and capacity:
@@ -346,6 +351,17 @@ class LoopbackServer:
                 self._conns[sock] = threading.current_thread()
             else:
                 self._conns.pop(sock, None)
+
+    def _refund_unused(self, body: dict[str, Any], completion: dict[str, Any]) -> None:
+        """``charge="actual"``: give back the completion tokens reserved but not produced."""
+        tokens = self._buckets.get("tokens")
+        if tokens is None or self._charge != "actual":
+            return
+        reserved = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        used = int((completion.get("usage") or {}).get("completion_tokens") or 0)
+        with self._lock:
+            tokens.refill(self._clock())
+            tokens.level = min(tokens.capacity, tokens.level + max(reserved - used, 0))
 
     def _count_status(self, status: int) -> None:
         with self._lock:
@@ -431,6 +447,7 @@ class LoopbackServer:
             return Answer.json(200, result)
         completion = completion_body(Reply(result) if isinstance(result, str) else result, body)
         self._count_tokens(completion)
+        self._refund_unused(body, completion)
         if stream:
             include = bool((body.get("stream_options") or {}).get("include_usage"))
             return Answer(events=stream_events(completion, include))
@@ -506,4 +523,5 @@ class LoopbackServer:
             return 200, result
         completion = completion_body(Reply(result) if isinstance(result, str) else result, body)
         self._count_tokens(completion)
+        self._refund_unused(body, completion)
         return 200, completion
