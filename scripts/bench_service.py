@@ -160,6 +160,31 @@ async def load(url: str, key: str, users: int, concurrency: int, requests: int) 
         return latencies, time.perf_counter() - start
 
 
+ROUTE = "/v1/users/{user_id}/recommendations"
+
+
+def server_buckets(url: str) -> dict[float, float]:
+    """Cumulative counts of the service's own latency histogram for the recommendations route
+    (time inside the service: from the request reaching the app to the response leaving it)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith("recagent_http_request_seconds_bucket") and f'route="{ROUTE}"' in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def server_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The histogram bucket holding quantile ``q`` of the requests between two scrapes, as "<= X ms"."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    for bound in bounds:
+        if after[bound] - before.get(bound, 0.0) >= q * total:
+            return "> 30000" if bound == float("inf") else f"<= {bound * 1000:g}"
+    return "?"
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -171,16 +196,19 @@ def main() -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--model-latency", type=float, default=0.2, help="seconds per model call in (b)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--modes", nargs="+", default=["fallback", "model"], choices=("fallback", "model"))
     args = parser.parse_args()
     print(
-        "| users | ranker | clients | req/s | p50 ms | p99 ms | overhead p50 / p99 ms | RSS after (MB) | start-up rebuild (s) |"
+        "| users | ranker | clients | req/s | p50 ms | p99 ms | overhead p50 / p99 ms "
+        "| in the service p50 / p99 ms | RSS after (MB) | start-up rebuild (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for users in args.users:
         with tempfile.TemporaryDirectory(prefix="recagent-bench-") as tmp:
             folder = Path(tmp)
             items, events = write_data(folder, users)
-            for mode in ("fallback", "model"):
+            for mode in args.modes:
                 store_url = f"sqlite:///{folder / f'{mode}.sqlite'}"
                 store = ServiceStore.open(store_url)
                 key = create_key(store, "bench", ("read",), "bench")
@@ -203,13 +231,18 @@ def main() -> int:
                             if mode == "fallback"
                             else max(concurrency * 4, min(args.requests, 64))
                         )
+                        before = server_buckets(url)
                         latencies, took = asyncio.run(load(url, key, users, concurrency, n))
+                        after = server_buckets(url)
+                        inside = (
+                            f"{server_quantile(before, after, 0.5)} / {server_quantile(before, after, 0.99)}"
+                        )
                         model_ms = args.model_latency * 1000 if mode == "model" else 0.0
                         p50, p99 = pct(latencies, 0.5), pct(latencies, 0.99)
                         overhead = f"{p50 - model_ms:.1f} / {p99 - model_ms:.1f}"
                         print(
                             f"| {users:,} | {mode} | {concurrency} | {len(latencies) / took:.1f} | {p50:.1f} | {p99:.1f} "
-                            f"| {overhead} | {rss_mb(process.pid):.0f} | {rebuild:.2f} |",
+                            f"| {overhead} | {inside} | {rss_mb(process.pid):.0f} | {rebuild:.2f} |",
                             flush=True,
                         )
                 finally:
