@@ -24,7 +24,7 @@ lint: install
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --dist worksteal
 
 bench: install
 	$(BIN)/pip install -q -e '.[dev,bench]'

@@ -48,6 +48,15 @@ USER = "u001"
 K = 3
 API_KEY = "sk-fault-matrix-0123456789"
 TIMEOUT_S = 0.5  # only the timeout fault waits for it; every other reply is immediate
+GENEROUS_TIMEOUT_S = 30.0
+"""The timeout of every other case: the timeout bounds the whole request (connect, send, body),
+so a tight one would fail healthy requests on a busy CI machine."""
+
+
+def timeout_for(case: Case) -> float:
+    return TIMEOUT_S if case.name == "timeout" else GENEROUS_TIMEOUT_S
+
+
 DEADLINE_S = 60.0  # a call still running after this has hung: fail instead of blocking the suite
 INVENTED = "SKU-INVENTED-999"
 
@@ -330,20 +339,20 @@ class Rig:
     def __init__(self, server: LoopbackServer, data: PlantedData, retriever: Retriever) -> None:
         self.server, self.data, self.retriever = server, data, retriever
         self.sleeps = Sleeps()
-        self._agents: dict[int, RecommenderAgent] = {}
+        self._agents: dict[tuple[int, float], RecommenderAgent] = {}
         self._clients: list[ChatClient] = []
 
-    def agent(self, max_retries: int) -> RecommenderAgent:
-        if max_retries not in self._agents:
+    def agent(self, max_retries: int, timeout_s: float = GENEROUS_TIMEOUT_S) -> RecommenderAgent:
+        if (max_retries, timeout_s) not in self._agents:
             config = LLMConfig(
-                base_url=self.server.base_url, api_key=API_KEY, timeout_s=TIMEOUT_S, max_retries=max_retries
+                base_url=self.server.base_url, api_key=API_KEY, timeout_s=timeout_s, max_retries=max_retries
             )
             client = ChatClient(config, sleep=self.sleeps)
             self._clients.append(client)
-            self._agents[max_retries] = RecommenderAgent(
+            self._agents[(max_retries, timeout_s)] = RecommenderAgent(
                 self.data.events, self.data.items, client, retriever=self.retriever
             )
-        return self._agents[max_retries]
+        return self._agents[(max_retries, timeout_s)]
 
     def install(self, case: Case, mode: str) -> int:
         """Serve ``case`` once or always from now on; returns the chat requests seen so far."""
@@ -386,7 +395,7 @@ def _check_result(op: str, result: Any, case: Case) -> None:
 @pytest.mark.parametrize(("case", "op", "mode"), MATRIX)
 def test_agent_fault_matrix(case: Case, op: str, mode: str, rig: Rig) -> None:
     start = rig.install(case, mode)
-    agent = rig.agent(case.max_retries)
+    agent = rig.agent(case.max_retries, timeout_for(case))
     call = (lambda: agent.profile(USER)) if op == "profile" else (lambda: agent.recommend(USER, k=K))
     recovers = case.error is None or (mode == "once" and case.handling in ("transport", "reask"))
     assert agent.client is not None
@@ -435,7 +444,7 @@ def test_cli_fault_matrix(
 
     monkeypatch.setattr(llm_client, "ChatClient", make_client)  # what the CLI's make_client builds
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    base = ["--base-url", rig.server.base_url, "--timeout", str(TIMEOUT_S)]
+    base = ["--base-url", rig.server.base_url, "--timeout", str(timeout_for(case))]
     args = [op, *rig.data.cli_args, "--user", USER, *base]
     if op == "recommend":
         args += ["-k", str(K)]
@@ -556,7 +565,10 @@ def test_batch_fault_matrix(
     routed = Routed(case, mode)
     start = rig.serve(routed)
     config = LLMConfig(
-        base_url=rig.server.base_url, api_key=API_KEY, timeout_s=TIMEOUT_S, max_retries=case.max_retries
+        base_url=rig.server.base_url,
+        api_key=API_KEY,
+        timeout_s=timeout_for(case),
+        max_retries=case.max_retries,
     )
     settings = batch.BatchSettings(out_dir=tmp_path, users=BATCH_USERS, concurrency=1)
     agent = RecommenderAgent(rig.data.events, rig.data.items, None, retriever=rig.retriever)
