@@ -87,6 +87,6 @@ def test_unused_reservations_come_back_only_from_a_server_that_charges_actual_us
             unused[mode] = reserved - server.stats.completion_tokens
         refunded[mode] = summary.extra["refunded_tokens"]
     # most of what went unused comes back from an actual-charging server; from a reserving one
-    # only the early error of our prompt estimate shows as room
+    # shows (almost) no room: the prompt correction comes first, in-flight tokens are set aside
     assert refunded["actual"] >= 0.5 * unused["actual"]
-    assert refunded["reserved"] <= 0.25 * unused["reserved"]
+    assert refunded["reserved"] <= 0.1 * unused["reserved"]

@@ -261,8 +261,6 @@ class RateLimiter:
         now = self.clock()
         if headers is not None:
             self._observe_headers(headers, now)
-        if completion is not None and error is None and headers is not None:
-            self._refund_unused(ticket, headers, completion, now)
         if completion is not None and error is None:
             self.concurrency.on_success()
             reported = getattr(getattr(completion, "usage", None), "prompt_tokens", None)
@@ -271,6 +269,8 @@ class RateLimiter:
                     self.tokens.take(reported - ticket.prompt_estimate)
                 ratio = min(max(reported / ticket.prompt_counted, CALIBRATION_RANGE[0]), CALIBRATION_RANGE[1])
                 self.calibration += CALIBRATION_WEIGHT * (ratio - self.calibration)
+            if headers is not None:  # after the prompt correction: only the completion can explain room
+                self._refund_unused(ticket, headers, completion, now)
         # insufficient_quota is read as the retry policy reads it: not a rate-limit signal
         if (
             isinstance(error, openai.APIStatusError)
