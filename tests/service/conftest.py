@@ -153,6 +153,23 @@ def live_service(tmp_path: Path, standin_model: LoopbackServer) -> Iterator[Live
             service.kill(signal.SIGTERM)
 
 
+@pytest.fixture(scope="module")
+def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
+    """One service for a module's tests that use separate users and don't count process-wide
+    metrics (starting a service costs seconds; tests that need a fresh one use ``live_service``)."""
+    tmp = tmp_path_factory.mktemp("shared-service")
+    with LoopbackServer(responder=standin_chat.respond) as model:
+        store_url = f"sqlite:///{tmp / 'service.sqlite'}"
+        keys = make_keys(store_url, {"rw": ("shop", ("read", "write")), "ro": ("shop", ("read",))})
+        service = start_service(store_url, tmp / "service.log", base_url=model.base_url)
+        service.keys = keys
+        try:
+            yield service
+        finally:
+            if service.process.poll() is None:
+                service.kill(signal.SIGTERM)
+
+
 ServiceFactory = Callable[..., LiveService]
 
 

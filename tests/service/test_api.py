@@ -30,8 +30,8 @@ def _sse(response: httpx.Response) -> list[tuple[str, dict]]:
     return events
 
 
-def test_ingested_events_change_the_next_recommendations(live_service: LiveService) -> None:
-    with live_service.client(live_service.keys["rw"]) as http:
+def test_ingested_events_change_the_next_recommendations(shared_service: LiveService) -> None:
+    with shared_service.client(shared_service.keys["rw"]) as http:
         before = http.get("/v1/users/u002/recommendations", params={"k": 5})
         assert before.json()["items"][0]["source"] == "llm"
         # u002 buys a run of items unlike their history: the next list must reflect them
@@ -48,8 +48,8 @@ def test_ingested_events_change_the_next_recommendations(live_service: LiveServi
     assert not set(bought) & set(_ids(after))  # just bought: now consumed, not recommended again
 
 
-def test_a_cold_start_user_gets_popular_or_matching_items_marked_as_such(live_service: LiveService) -> None:
-    with live_service.client(live_service.keys["ro"]) as http:
+def test_a_cold_start_user_gets_popular_or_matching_items_marked_as_such(shared_service: LiveService) -> None:
+    with shared_service.client(shared_service.keys["ro"]) as http:
         popular = http.get("/v1/users/brand-new-user/recommendations", params={"k": 4})
         matched = http.get(
             "/v1/users/brand-new-user/recommendations", params={"k": 4, "query": "coffee grinder"}
@@ -59,8 +59,8 @@ def test_a_cold_start_user_gets_popular_or_matching_items_marked_as_such(live_se
     assert all("grinder" in i["title"].lower() for i in matched.json()["items"][:2])
 
 
-def test_feedback_then_refinement_adds_a_profile_version_with_its_diff(live_service: LiveService) -> None:
-    with live_service.client(live_service.keys["rw"]) as http:
+def test_feedback_then_refinement_adds_a_profile_version_with_its_diff(shared_service: LiveService) -> None:
+    with shared_service.client(shared_service.keys["rw"]) as http:
         built = http.post("/v1/users/u001/profile")
         assert built.status_code == 200, built.text
         recs = http.get("/v1/users/u001/recommendations", params={"k": 5}).json()
@@ -90,9 +90,9 @@ def test_feedback_then_refinement_adds_a_profile_version_with_its_diff(live_serv
 
 
 def test_a_chat_turn_streams_text_then_recommendations_and_keeps_its_session(
-    live_service: LiveService,
+    shared_service: LiveService,
 ) -> None:
-    with live_service.client(live_service.keys["ro"]) as http:
+    with shared_service.client(shared_service.keys["ro"]) as http:
         first = http.post("/v1/chat", json={"user_id": "u001", "message": "I'm looking for a board game"})
         assert first.status_code == 200 and first.headers["content-type"].startswith("text/event-stream")
         events = _sse(first)
@@ -110,26 +110,26 @@ def test_a_chat_turn_streams_text_then_recommendations_and_keeps_its_session(
     assert stolen.status_code == 409 and stolen.json()["error"]["type"] == "session_user_mismatch"
 
 
-def test_items_become_recommendable_without_a_restart(live_service: LiveService) -> None:
+def test_items_become_recommendable_without_a_restart(shared_service: LiveService) -> None:
     item = {
         "item_id": "SKU-NEW-1",
         "title": "Zephyrine Quasar Telescope",
         "category": "Optics",
         "price": 99.0,
     }
-    with live_service.client(live_service.keys["rw"]) as http:
+    with shared_service.client(shared_service.keys["rw"]) as http:
         assert http.put("/v1/items", json={"items": [item]}).status_code == 200
         found = http.get("/v1/users/somebody/recommendations", params={"k": 3, "query": "quasar telescope"})
         fetched = http.get("/v1/items/SKU-NEW-1")
     assert _ids(found)[0] == "SKU-NEW-1" and fetched.json()["title"] == item["title"]
 
 
-def test_errors_have_one_typed_shape(live_service: LiveService) -> None:
-    rw, ro = live_service.keys["rw"], live_service.keys["ro"]
+def test_errors_have_one_typed_shape(shared_service: LiveService) -> None:
+    rw, ro = shared_service.keys["rw"], shared_service.keys["ro"]
     with (
-        live_service.client() as anonymous,
-        live_service.client(rw) as http,
-        live_service.client(ro) as reader,
+        shared_service.client() as anonymous,
+        shared_service.client(rw) as http,
+        shared_service.client(ro) as reader,
     ):
         cases = {
             "no key": (anonymous.get("/v1/users/u001/recommendations"), 401, "unauthenticated"),
@@ -223,9 +223,9 @@ def test_errors_have_one_typed_shape(live_service: LiveService) -> None:
         assert body["error"]["request_id"] == response.headers["x-request-id"], name
 
 
-def test_a_retried_post_with_the_same_key_is_counted_once(live_service: LiveService) -> None:
+def test_a_retried_post_with_the_same_key_is_counted_once(shared_service: LiveService) -> None:
     body = {"events": [{"user_id": "u010", "item_id": "SKU-10001", "behavior": "view"}]}
-    with live_service.client(live_service.keys["rw"]) as http:
+    with shared_service.client(shared_service.keys["rw"]) as http:
         before = http.get("/v1/stats").json()["events"]
         answers = [
             http.post("/v1/events", json=body, headers={"Idempotency-Key": "same-key-123"}) for _ in range(3)
@@ -296,14 +296,14 @@ def test_the_dashboard_has_the_tenants_counts_and_this_processs_metrics(live_ser
     assert process["server_errors"] == 0
 
 
-def test_access_logs_are_json_with_request_ids_and_no_raw_ids_or_keys(live_service: LiveService) -> None:
-    key = live_service.keys["rw"]
-    with live_service.client(key) as http:
+def test_access_logs_are_json_with_request_ids_and_no_raw_ids_or_keys(shared_service: LiveService) -> None:
+    key = shared_service.keys["rw"]
+    with shared_service.client(key) as http:
         response = http.get(
             "/v1/users/u001/recommendations", params={"k": 2}, headers={"X-Request-ID": "trace-abc-123"}
         )
     assert response.headers["x-request-id"] == "trace-abc-123"
-    lines = [json.loads(line) for line in live_service.log.read_text().splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in shared_service.log.read_text().splitlines() if line.startswith("{")]
     access = [
         entry
         for entry in lines
@@ -313,12 +313,12 @@ def test_access_logs_are_json_with_request_ids_and_no_raw_ids_or_keys(live_servi
         access and access[0]["route"] == "/v1/users/{user_id}/recommendations" and access[0]["status"] == 200
     )
     assert access[0]["user"].startswith("p_")
-    raw = live_service.log.read_text()
+    raw = shared_service.log.read_text()
     assert key not in raw and "u001" not in raw
 
 
-def test_the_committed_openapi_document_is_the_served_one(live_service: LiveService) -> None:
-    served = httpx.get(f"{live_service.url}/openapi.json").json()
+def test_the_committed_openapi_document_is_the_served_one(shared_service: LiveService) -> None:
+    served = httpx.get(f"{shared_service.url}/openapi.json").json()
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert served == committed, "docs/openapi.json is stale: run `python scripts/export_openapi.py`"
     assert set(typing.get_args(api_models.Signal)) == set(SIGNALS)
