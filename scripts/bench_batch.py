@@ -5,12 +5,29 @@ The server runs in its own process (so its CPU does not compete with the client'
 with the deterministic stand-in model after ``--latency`` seconds and enforces RPM/TPM token
 buckets with 429 + ``retry-after-ms`` exactly as ``agent.testing.loopback.Limits`` does, on a scaled
 minute (``--minute-s``). The client is the real runner (``agent.batch.runner.run_batch``) with the
-same limits given to it. Reported per user count:
+same limits given to it. The server charges TPM as ``--charge`` says (``Limits.charge``):
+``reserved`` takes prompt + ``max_completion_tokens`` at admission and keeps it (as OpenAI
+documents), ``actual`` takes the same at admission and gives back the unused part of the
+completion reservation when the reply is produced. Each user count runs once per charging mode
+given (default both). ``--max-completion-tokens`` (default 2000, the product's default) is only
+the upper bound: the runner's learned completion budget (``agent/batch/budget.py``) sets the cap
+each request reserves. Reported per run:
 
-* achieved TPM as the server counts it (prompt estimate + reserved ``max_completion_tokens``
-  of every request it accepted) as a fraction of the most the limit allows from the first to
-  the last accepted request (its refill over that span plus the full bucket it starts with);
-* the share of requests answered 429;
+* share of TPM turned into tokens *as the server charged them*: for every request the server
+  answered, its prompt estimate (``estimate_tokens`` of the messages, 4 characters a token)
+  plus, with ``reserved``, the ``max_completion_tokens`` the request reserved, with ``actual``,
+  the completion tokens produced; summed and divided by the most the limit allows from the
+  first to the last answered request (its refill over that span plus the full bucket it
+  starts with);
+* the share of requests answered 429 (of all chat requests the server saw);
+* lost: users × tasks without a result at the end of the run;
+* repeated: requests the server answered minus the distinct custom ids among them (the
+  runner's ``X-Recagent-Custom-Id`` header; a truncated reply asked again counts as a repeat);
+* the completion cap per task the run ended with, the tokens the client's limiter refunded
+  (``RateLimiter._refund_unused``) and the truncated replies asked again;
+* time to first request: seconds from the call of ``run_batch`` (data loaded, agent built) to
+  the arrival of the first chat request at the server, both read on ``time.monotonic``
+  (CLOCK_MONOTONIC, one clock for both processes on Linux);
 * client memory: the current RSS (after a garbage collection) just before the run and when
   10%, 25%, 50%, 75% and 100% of the users are finished (sampled from the runner's progress
   callback), the growth from the 10% point to the end per 1,000 users (the slope; the first
@@ -29,10 +46,12 @@ khugepaged then fills them in the background, so the RSS of a process holding th
 with wall time, not with users (an idle process with the 10,000-user data loaded grew by about
 30 MB in two minutes here). With it on, a slope measured over a 20-minute run is mostly that.
 
-Each user count runs in a fresh process so peak RSS is per run. Example (the command behind
-docs/BENCHMARKS.md)::
+Each run is a fresh process so peak RSS is per run. Examples (the commands behind
+docs/BENCHMARKS.md; the 10,000-user runs on a shorter scaled minute so they end in minutes)::
 
-    python scripts/bench_batch.py --users 1000 10000 --write-docs
+    python scripts/bench_batch.py --users 1000 > rows-1k.jsonl
+    python scripts/bench_batch.py --users 10000 --minute-s 1.5 > rows-10k.jsonl
+    python scripts/bench_batch.py --rows rows-1k.jsonl rows-10k.jsonl --write-docs
 """
 
 from __future__ import annotations
@@ -44,6 +63,7 @@ import gc
 import json
 import math
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import subprocess
@@ -56,11 +76,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.batch.runner import BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
+from agent.batch.runner import CUSTOM_ID_HEADER, BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
 from agent.data.loading import align_catalog, load_events, load_items  # noqa: E402
 from agent.llm.client import LLMConfig, StructuredReply  # noqa: E402
 from agent.recommender import RecommenderAgent, interpret_reply  # noqa: E402
 from agent.testing.loopback import Limits, LoopbackServer, Reply  # noqa: E402
+from agent.testing.loopback_replies import Answer, estimate_tokens  # noqa: E402
 from agent.testing.standin_model import respond  # noqa: E402
 
 START, END = "<!-- batch:start -->", "<!-- batch:end -->"
@@ -218,18 +239,52 @@ class RunnerStepTimes:
         return {name: statistics.median(times) * 1000 for name, times in self.steps.items() if times}
 
 
-def _serve(conn: Any, rpm: int, tpm: int, minute_s: float, latency: float) -> None:
-    """Child process: the limited server; reports what it accepted when told to stop."""
-    charged: list[tuple[float, int]] = []
+class _CountingServer(LoopbackServer):
+    """The loopback server, noting per chat request its arrival, custom id, status and the
+    tokens the server charged for it (see ``charged_tokens``)."""
 
-    def responder(body: dict[str, Any]) -> Reply:
-        # Called only for requests that passed the limits: charge them as the server did.
-        cost = math.ceil(len(json.dumps(body["messages"], ensure_ascii=False)) / 4)
-        charged.append((time.monotonic(), max(1, cost) + int(body.get("max_completion_tokens") or 0)))
-        return Reply(content=respond(body))
+    def __init__(self, *args: Any, charge: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.charge = charge
+        self.log: list[tuple[float, float, str, int, int]] = []  # arrival, done, id, status, charged
 
-    limits = Limits(rpm=rpm, tpm=tpm, minute_s=minute_s)
-    with LoopbackServer(responder=responder, limits=limits, latency_s=latency) as server:
+    def _handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+        arrived = time.monotonic()
+        answer = super()._handle(method, target, headers, raw)
+        if method == "POST" and target.split("?", 1)[0].rstrip("/") == "/v1/chat/completions":
+            charged = 0
+            if answer.status == 200 and answer.body:
+                charged = charged_tokens(json.loads(raw), json.loads(answer.body), self.charge)
+            with self._lock:
+                self.requests.clear()  # the recorded bodies are not needed here; keep the server small
+                self.log.append(
+                    (
+                        arrived,
+                        time.monotonic(),
+                        headers.get(CUSTOM_ID_HEADER.lower(), ""),
+                        answer.status,
+                        charged,
+                    )
+                )
+        return answer
+
+
+def charged_tokens(body: dict[str, Any], completion: dict[str, Any], charge: str) -> int:
+    """What the server charged against TPM for one answered request, by its own estimate:
+    the prompt (``estimate_tokens`` of the messages) plus, with ``charge="reserved"``, the
+    ``max_completion_tokens`` reserved at admission, with ``charge="actual"`` the completion
+    tokens produced (the unused reservation was given back)."""
+    prompt = estimate_tokens(json.dumps(body["messages"], ensure_ascii=False))
+    if charge == "reserved":
+        return prompt + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+    return prompt + int((completion.get("usage") or {}).get("completion_tokens") or 0)
+
+
+def _serve(conn: Any, rpm: int, tpm: int, minute_s: float, latency: float, charge: str) -> None:
+    """Child process: the limited server; reports what it saw when told to stop."""
+    limits = Limits(rpm=rpm, tpm=tpm, minute_s=minute_s, charge=charge)  # type: ignore[arg-type]
+    responder = lambda body: Reply(content=respond(body))  # noqa: E731
+    with _CountingServer(responder=responder, limits=limits, latency_s=latency, charge=charge) as server:
         conn.send(server.base_url)
         conn.recv()  # "stop"
         stats = server.stats
@@ -237,7 +292,7 @@ def _serve(conn: Any, rpm: int, tpm: int, minute_s: float, latency: float) -> No
             {
                 "chat_completions": stats.chat_completions,
                 "rate_limited": stats.rate_limited,
-                "charged": charged,
+                "log": server.log,
             }
         )
 
@@ -336,7 +391,7 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
 
         parent, child = mp.Pipe()
         proc = mp.get_context("spawn").Process(
-            target=_serve, args=(child, args.rpm, args.tpm, args.minute_s, args.latency)
+            target=_serve, args=(child, args.rpm, args.tpm, args.minute_s, args.latency, args.charge[0])
         )
         proc.start()
         base_url = parent.recv()
@@ -358,7 +413,7 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
             minute_s=args.minute_s,
         )
         sampler = RssSampler(len(settings.tasks))
-        start = time.monotonic()
+        start = time.monotonic()  # CLOCK_MONOTONIC: the server process's clock too (Linux)
         with RunnerStepTimes() as in_run:
             summary = asyncio.run(run_batch(agent, config, settings, on_progress=sampler))
         wall = time.monotonic() - start
@@ -371,23 +426,39 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         server = parent.recv()
         proc.join()
 
-    charged = server["charged"]
-    total = sum(c for _, c in charged)
-    t0, t1 = charged[0][0], charged[-1][0]
+    log = server["log"]
+    chat = list(log)
+    admitted = [entry for entry in chat if entry[3] == 200]
+    total = sum(entry[4] for entry in admitted)
+    t0, t1 = min(e[1] for e in admitted), max(e[1] for e in admitted)
     span_min = max(t1 - t0, 1e-9) / args.minute_s
-    # The most the limit allows from the first to the last accepted request: its refill over
+    # The most the limit allows from the first to the last answered request: its refill over
     # the span plus the bucket it starts with (full, one minute's worth).
     overall = total / (args.tpm * (span_min + 1))
+    unique_ids = len({e[2] for e in admitted})
+    expected = users * len(settings.tasks)
     return {
         "users": users,
+        "charge": args.charge[0],
+        "minute_s": args.minute_s,
+        "max_completion_tokens": args.max_completion_tokens,
         "requests_ok": summary.results,
         "failures": summary.failures,
         "failure_types": failure_types,
+        "expected_results": expected,
+        "lost": expected - summary.results,
         "server_chat_requests": server["chat_completions"],
+        "server_answered": len(admitted),
+        "unique_custom_ids": unique_ids,
+        "repeated": len(admitted) - unique_ids,
         "rate_limited": server["rate_limited"],
         "share_429": server["rate_limited"] / max(server["chat_completions"], 1),
         "tpm_fraction": overall,
         "tokens_charged": total,
+        "time_to_first_request_s": min(e[0] for e in chat) - start if chat else None,
+        "completion_caps": summary.extra.get("completion_caps"),
+        "refunded_tokens": summary.extra.get("refunded_tokens"),
+        "truncated_reasked": summary.progress.truncated_reasked,
         "wall_s": wall,
         "rss_before_run_mb": rss_before,
         "rss_samples": sampler.samples,
@@ -399,6 +470,7 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         "local_overhead_in_run_requests": len(in_run.totals),
         "local_overhead_in_run_steps_ms": in_run.step_medians_ms(),
         "final_concurrency": summary.extra.get("final_concurrency"),
+        "load_avg": os.getloadavg(),
     }
 
 
@@ -421,24 +493,59 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         if all(r.get("thp_disabled") for r in rows)
         else "transparent huge pages as the system sets them"
     )
+    minutes = {r["users"]: r.get("minute_s", args.minute_s) for r in rows}
+    caps = sorted({r.get("max_completion_tokens", args.max_completion_tokens) for r in rows})
     head = (
         f"Loopback server in its own process: TPM {args.tpm:,} / RPM {args.rpm:,} per scaled minute of "
-        f"{args.minute_s:g} s, {args.latency:g} s latency, stand-in model replies; client: "
+        f"{', '.join(f'{m:g} s ({u:,} users)' for u, m in minutes.items())}, {args.latency:g} s latency, stand-in model replies, "
+        "charging TPM as the *charge* column says; client: "
         f"`--task {args.task} --concurrency {args.concurrency} --max-completion-tokens "
-        f"{args.max_completion_tokens}`, same limits, {thp}. Machine: 2 cores.\n\n"
-        "| users | requests | 429 share | TPM used (of what the limit allows) | wall s "
-        "| client RSS MB: before run / at 10% / 50% / end of users | RSS growth 10% → end, MB per 1,000 users "
-        "| client peak RSS MB | local overhead / user, median: in the run "
-        "| … first users, before the run, caches cold |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        f"{' / '.join(str(c) for c in caps)}` (the upper bound of the learned completion budget), "
+        f"same limits, {thp}. Machine: 2 cores; load average (1, 5, 15 min) at the end of each run "
+        "in the last column.\n\n"
+        "| users | charge | TPM share (tokens as charged) | 429 share | lost | repeated "
+        "| server requests: seen / answered / unique ids | time to first request | caps at end "
+        "| refunded tokens | truncated re-asks | wall s | load |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
-        f"| {r['users']:,} | {r['server_chat_requests']:,} | {r['share_429']:.2%} | {r['tpm_fraction']:.1%} "
-        f"| {r['wall_s']:.0f} | {r['rss_before_run_mb']:.0f} / {_rss_at(r, 0.1)} / {_rss_at(r, 0.5)} "
-        f"/ {_rss_at(r, 1.0)} | {_mb(r.get('rss_growth_mb_per_1k_users'))} "
+        f"| {r['users']:,} | {r.get('charge', 'reserved')} | {r['tpm_fraction']:.3f} | {r['share_429']:.2%} "
+        f"| {r.get('lost', 'n/a')} | {r.get('repeated', 'n/a')} "
+        f"| {r['server_chat_requests']:,} / {r.get('server_answered', 0):,} / {r.get('unique_custom_ids', 0):,} "
+        f"| {_s(r.get('time_to_first_request_s'))} "
+        f"| {', '.join(f'{t} {c}' for t, c in (r.get('completion_caps') or {}).items()) or 'n/a'} "
+        f"| {r.get('refunded_tokens', 0):,} | {r.get('truncated_reasked', 0)} | {r['wall_s']:.0f} "
+        f"| {' / '.join(f'{x:.1f}' for x in r.get('load_avg', ()))} |\n"
+        for r in rows
+    )
+    body += (
+        "\n| users | charge | client RSS MB: before run / at 10% / 50% / end of users "
+        "| RSS growth 10% → end, MB per 1,000 users | client peak RSS MB "
+        "| local overhead / user, median: in the run | … first users, before the run, caches cold |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    body += "".join(
+        f"| {r['users']:,} | {r.get('charge', 'reserved')} | {r['rss_before_run_mb']:.0f} / {_rss_at(r, 0.1)} "
+        f"/ {_rss_at(r, 0.5)} / {_rss_at(r, 1.0)} | {_mb(r.get('rss_growth_mb_per_1k_users'))} "
         f"| {r['rss_peak_mb']:.0f} | {_ms(r.get('local_overhead_in_run_ms_median'))} "
         f"| {r['local_overhead_ms_median']:.1f} ms |\n"
         for r in rows
+    )
+    body += (
+        "\n*TPM share* is the tokens the server charged for the requests it answered, divided by "
+        "the most the TPM limit allows from the first to the last answered request (its refill over "
+        "that span plus the full bucket it starts with). A request is charged as the server "
+        "charges it: with `charge=reserved` the prompt (the server's estimate, 4 characters a "
+        "token) plus the `max_completion_tokens` reserved at admission; with `charge=actual` the "
+        "prompt plus the completion tokens produced. *Lost*: users × tasks without a result. "
+        "*Repeated*: requests the server answered minus the distinct custom ids among them (a "
+        "truncated reply asked again counts as one repeat; 429 answers are not repeats, they are in "
+        "the 429 share). "
+        "*Time to first request*: from the call of `run_batch` (data loaded, agent built) to the "
+        "arrival of the first request at the server, both on the machine's monotonic clock. "
+        "*Caps at end*: the learned completion cap per task when the run ended; *refunded*: "
+        "completion tokens the client's limiter gave back after `x-ratelimit-remaining-tokens` "
+        "showed the server charged actual usage.\n"
     )
     cold = breakdown(args.task, args.model, args.max_completion_tokens)
     warm = breakdown(args.task, args.model, args.max_completion_tokens)
@@ -463,15 +570,16 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "whole run; the last column times the run's first users before it, cold, in one burst of "
         "about a second, so a slow minute of the machine shows there in full.\n"
     )
-    tpm_ok = all(r["tpm_fraction"] >= 0.9 and r["share_429"] <= 0.02 for r in rows)
-    in_run = [r.get("local_overhead_in_run_ms_median") for r in rows]
-    local_ok = all(ms is not None and ms <= 5 for ms in in_run)
+    notes = f"\n\n{args.notes.read_text(encoding='utf-8').strip()}" if args.notes else ""
     targets = (
-        f"\nTargets: ≥ 90% of the TPM limit with ≤ 2% of requests answered 429: "
-        f"{'met' if tpm_ok else 'NOT met'}. Local overhead ≤ 5 ms per user (median over the run's "
-        f"users, in the run): {'met' if local_ok else 'NOT met'}; the first users before the run, with "
-        f"every cache cold, are the last column (prompt preparation dominates, see above). "
-        f"{memory_verdict(rows)}\n"
+        "\n"
+        + issue18_targets(rows)
+        + notes
+        + (
+            f"\n\nEarlier targets: local overhead ≤ 5 ms per user (median over the run's users, in the run): "
+            f"{'met' if all((r.get('local_overhead_in_run_ms_median') or 99) <= 5 for r in rows) else 'NOT met'}. "
+            f"{memory_verdict(rows)}\n"
+        )
     )
     method = (
         "\nMemory is the client's current RSS after a garbage collection, sampled from the runner's "
@@ -493,7 +601,67 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
     )
     if in_run_steps:
         detail += f"\nIn the run, median per step (`RunnerStepTimes`): {in_run_steps}.\n"
-    return f"{START}\n## Batch runner\n\nCommand: `{command}`\n\n{head}{body}{detail}{targets}{method}\n{END}"
+    return (
+        f"{START}\n## Batch runner\n\nCommand(s): {command}\n\n{head}{body}{detail}{targets}{method}\n{END}"
+    )
+
+
+def issue18_targets(rows: list[dict[str, Any]]) -> str:
+    """Issue 18's "Done when" for the benchmark, computed from the rows."""
+    lines = []
+    for charge in ("reserved", "actual"):
+        at1k = [r for r in rows if r["users"] == 1000 and r.get("charge") == charge]
+        if not at1k:
+            lines.append(f"- 1,000 users, `charge={charge}`: not run.")
+            continue
+        r = at1k[0]
+        ok = r["tpm_fraction"] >= 0.95 and r["share_429"] <= 0.01 and r.get("lost") == 0
+        lines.append(
+            f"- 1,000 users, `charge={charge}`: ≥ 0.95 of TPM, ≤ 1% 429s, 0 lost: "
+            f"{'met' if ok else 'NOT met'} ({r['tpm_fraction']:.3f}, {r['share_429']:.2%}, {r.get('lost')} lost)."
+        )
+    for users in (1000, 10000):
+        runs = [r for r in rows if r["users"] == users and r.get("time_to_first_request_s") is not None]
+        if not runs:
+            lines.append(f"- Time to first request ≤ 1 s at {users:,} users: not run.")
+            continue
+        worst = max(r["time_to_first_request_s"] for r in runs)
+        lines.append(
+            f"- Time to first request ≤ 1 s at {users:,} users: {'met' if worst <= 1 else 'NOT met'} "
+            f"(at most {worst:.2f} s over {len(runs)} run(s))."
+        )
+    parts = []
+    for charge in ("reserved", "actual"):
+        small = [r for r in rows if r["users"] == 1000 and r.get("charge") == charge]
+        big = [r for r in rows if r["users"] == 10000 and r.get("charge") == charge]
+        if not (small and big):
+            continue
+        grown = [
+            (r["rss_samples"][-1]["rss_mb"] - r["rss_before_run_mb"])
+            for r in (small[0], big[0])
+            if r["rss_samples"]
+        ]
+        if len(grown) == 2:
+            per_1k = (grown[1] - grown[0]) / 9
+            parts.append((charge, grown[0], grown[1], per_1k, big[0].get("rss_growth_mb_per_1k_users")))
+    if parts:
+        ok = all(p[3] <= 5 and (p[4] is None or p[4] <= 5) for p in parts)
+        detail = "; ".join(
+            f"`{c}`: run's RSS growth (end − before run) {a:+.1f} MB at 1,000 users, {b:+.1f} MB at 10,000, "
+            f"{d:+.2f} MB per 1,000 users between them; in the 10,000-user run {_mb(e)} MB per 1,000 users "
+            "from 10% to the end"
+            for c, a, b, d, e in parts
+        )
+        lines.append(
+            f"- Client RSS flat between 1,000 and 10,000 users (≤ +5 MB per 1,000 users): "
+            f"{'met' if ok else 'NOT met'} ({detail}). The data frames loaded before the run "
+            "grow with the data and are not counted."
+        )
+    return 'Issue 18 targets ("Done when"):\n\n' + "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
 
 
 def memory_verdict(rows: list[dict[str, Any]]) -> str:
@@ -541,7 +709,14 @@ def main() -> None:
     parser.add_argument("--minute-s", type=float, default=6.0)
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-completion-tokens", type=int, default=1000)
+    parser.add_argument("--max-completion-tokens", type=int, default=2000)
+    parser.add_argument(
+        "--charge",
+        nargs="+",
+        choices=("reserved", "actual"),
+        default=["reserved", "actual"],
+        help="how the server charges TPM (Limits.charge); each given mode is run for each user count",
+    )
     parser.add_argument("--model", default="gpt-4.1-mini")
     parser.add_argument("--overhead-users", type=int, default=200)
     parser.add_argument(
@@ -551,8 +726,11 @@ def main() -> None:
         help="transparent huge pages for the client: off (default; see the module docstring) or as set",
     )
     parser.add_argument("--write-docs", action="store_true", help="update docs/BENCHMARKS.md")
+    parser.add_argument("--notes", type=Path, help="a Markdown file with remarks put after the targets")
     parser.add_argument("--single", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--rows", type=Path, help="re-use result rows (JSON lines) of an earlier run")
+    parser.add_argument(
+        "--rows", type=Path, nargs="+", help="re-use result rows (JSON lines) of earlier runs; no new runs"
+    )
     args = parser.parse_args()
     if args.thp == "off" and not disable_thp():  # inherited by the --single children
         print("bench_batch: cannot disable transparent huge pages here; RSS includes them", file=sys.stderr)
@@ -561,24 +739,30 @@ def main() -> None:
         return
     rows = []
     passthrough = [a for a in sys.argv[1:] if a != "--write-docs"]
+    command = "python scripts/bench_batch.py " + " ".join(passthrough)
     if args.rows:
-        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.startswith("{")]
-        passthrough = [f"--users {' '.join(str(r['users']) for r in rows)}"]
-    for users in [] if args.rows else args.users:
-        out = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--single", str(users)],
+        rows = [
+            json.loads(line)
+            for path in args.rows
+            for line in path.read_text().splitlines()
+            if line.startswith("{")
+        ]
+    runs = [] if args.rows else [(users, charge) for users in args.users for charge in args.charge]
+    for users, charge in runs:
+        out = subprocess.run(  # the last --charge given wins in the child
+            [sys.executable, __file__, *passthrough, "--single", str(users), "--charge", charge],
             check=True,
             capture_output=True,
             text=True,
         )
         row = json.loads(out.stdout.strip().splitlines()[-1])
+        row["command"] = command
         print(json.dumps(row), flush=True)
         rows.append(row)
-    command = (
-        "python scripts/bench_batch.py "
-        + " ".join(passthrough)
-        + (" --write-docs" if args.write_docs else "")
-    )
+    if args.rows:
+        command = " and ".join(dict.fromkeys(f"`{r['command']}`" for r in rows if r.get("command")))
+    else:
+        command = f"`{command}`"
     text = table(rows, args, command.strip())
     print(text)
     if args.write_docs:
