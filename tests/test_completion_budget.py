@@ -73,11 +73,13 @@ def test_a_reply_cut_by_the_cap_is_asked_again_larger_and_no_user_is_lost(tmp_pa
 
 
 def test_unused_reservations_come_back_only_from_a_server_that_charges_actual_usage(tmp_path: Path) -> None:
+    # No refill on either side (a "minute" of 10^9 s): what each bucket holds depends only on
+    # what was charged and given back, never on how fast the machine runs the test.
     refunded, unused = {}, {}
     for mode in ("actual", "reserved"):
-        limits = Limits(tpm=120_000, minute_s=60.0, charge=mode)  # type: ignore[arg-type]
+        limits = Limits(tpm=120_000, minute_s=1e9, charge=mode)  # type: ignore[arg-type]
         with LoopbackServer(responder=lambda body: Reply(content=respond(body)), limits=limits) as server:
-            summary = _run(server, tmp_path / mode, tasks=("recommend",), tpm=120_000)
+            summary = _run(server, tmp_path / mode, tasks=("recommend",), tpm=120_000, minute_s=1e9)
             assert server.stats.rate_limited == 0
             reserved = sum(
                 int(r.body["max_completion_tokens"])
@@ -86,7 +88,7 @@ def test_unused_reservations_come_back_only_from_a_server_that_charges_actual_us
             )
             unused[mode] = reserved - server.stats.completion_tokens
         refunded[mode] = summary.extra["refunded_tokens"]
-    # most of what went unused comes back from an actual-charging server; from a reserving one
-    # shows (almost) no room: the prompt correction comes first, in-flight tokens are set aside
-    assert refunded["actual"] >= 0.5 * unused["actual"]
-    assert refunded["reserved"] <= 0.1 * unused["reserved"]
+    # most of what went unused comes back from an actual-charging server; a reserving one shows
+    # no room once each reply's prompt tokens are corrected (in-flight tokens are set aside)
+    assert unused["actual"] > 1000 and refunded["actual"] >= 0.5 * unused["actual"]
+    assert refunded["reserved"] == 0
