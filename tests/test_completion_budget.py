@@ -32,9 +32,8 @@ def _run(server: LoopbackServer, out: Path, **settings: Any) -> Any:
     config = LLMConfig(
         base_url=server.base_url, api_key="not-a-key", model="gpt-4.1-mini", max_completion_tokens=2000
     )
-    return asyncio.run(
-        run_batch(_agent(), config, BatchSettings(out_dir=out, users=USERS, concurrency=2, **settings))
-    )
+    settings.setdefault("concurrency", 2)
+    return asyncio.run(run_batch(_agent(), config, BatchSettings(out_dir=out, users=USERS, **settings)))
 
 
 def test_first_caps_come_from_the_schema_then_follow_a_high_quantile() -> None:
@@ -73,13 +72,15 @@ def test_a_reply_cut_by_the_cap_is_asked_again_larger_and_no_user_is_lost(tmp_pa
 
 
 def test_unused_reservations_come_back_only_from_a_server_that_charges_actual_usage(tmp_path: Path) -> None:
-    # No refill on either side (a "minute" of 10^9 s): what each bucket holds depends only on
-    # what was charged and given back, never on how fast the machine runs the test.
+    # No refill on either side (a "minute" of 10^9 s) and one request at a time: what each
+    # bucket holds depends only on what was charged and given back, never on timing.
     refunded, unused = {}, {}
     for mode in ("actual", "reserved"):
         limits = Limits(tpm=120_000, minute_s=1e9, charge=mode)  # type: ignore[arg-type]
         with LoopbackServer(responder=lambda body: Reply(content=respond(body)), limits=limits) as server:
-            summary = _run(server, tmp_path / mode, tasks=("recommend",), tpm=120_000, minute_s=1e9)
+            summary = _run(
+                server, tmp_path / mode, tasks=("recommend",), tpm=120_000, minute_s=1e9, concurrency=1
+            )
             assert server.stats.rate_limited == 0
             reserved = sum(
                 int(r.body["max_completion_tokens"])
