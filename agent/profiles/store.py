@@ -29,12 +29,12 @@ import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from agent.errors import StoreError, VersionConflictError
 from agent.profiles.feedback import (
@@ -230,6 +230,109 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
+# -- rows: what every store writes and reads back (SQLite here, the service's tenant stores) ----
+class Row(Protocol):
+    """A stored row read by column name (``sqlite3.Row``, psycopg's dict rows)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
+def version_columns(draft: ProfileDraft) -> tuple[Any, ...]:
+    """A draft's stored columns: producer, model, template_version, evidence, feedback_upto,
+    state, changes, usage. Model output is redacted: an echoed key is never stored."""
+    return (
+        draft.producer,
+        draft.model,
+        draft.template_version,
+        redact(_dumps(draft.evidence)),
+        draft.feedback_upto,
+        redact(draft.state.model_dump_json()),
+        redact(_dumps([c.model_dump(mode="json") for c in draft.changes])),
+        _dumps(draft.usage),
+    )
+
+
+def version_from_row(row: Row) -> ProfileVersion:
+    return ProfileVersion(
+        user_id=row["user_id"],
+        version=row["version"],
+        created_at=datetime.fromisoformat(row["created_at"]),
+        producer=row["producer"],
+        model=row["model"],
+        template_version=row["template_version"],
+        evidence=json.loads(row["evidence"]),
+        feedback_upto=row["feedback_upto"],
+        state=ProfileState.model_validate_json(row["state"]),
+        changes=[Change.model_validate(c) for c in json.loads(row["changes"])],
+        usage=json.loads(row["usage"]),
+    )
+
+
+def feedback_columns(event: FeedbackEvent) -> tuple[Any, ...]:
+    """feedback_id, user_id, item_id, signal, value, comment, recommendation_id, timestamp, recorded_at."""
+    return (
+        event.feedback_id,
+        event.user_id,
+        event.item_id,
+        event.signal,
+        event.value,
+        event.comment,
+        event.recommendation_id,
+        event.timestamp.isoformat(),
+        _now(),
+    )
+
+
+def feedback_from_row(row: Row) -> StoredFeedback:
+    return StoredFeedback(
+        seq=row["seq"],
+        feedback_id=row["feedback_id"],
+        user_id=row["user_id"],
+        item_id=row["item_id"],
+        signal=row["signal"],
+        value=row["value"],
+        comment=row["comment"],
+        recommendation_id=row["recommendation_id"],
+        timestamp=datetime.fromisoformat(row["timestamp"]),
+    )
+
+
+def served_columns(served: ServedRecommendation) -> tuple[Any, ...]:
+    """recommendation_id, user_id, created_at, profile_version, model, template_version,
+    fallback_reason (redacted), prompt_tokens, completion_tokens, cost_usd, usage."""
+    usage = served.usage
+    return (
+        served.recommendation_id,
+        served.user_id,
+        served.created_at.isoformat(),
+        served.profile_version,
+        served.model,
+        served.template_version,
+        redact(served.fallback_reason) if served.fallback_reason else None,
+        int(usage.get("prompt_tokens", 0)),
+        int(usage.get("completion_tokens", 0)),
+        float(usage.get("cost_usd", 0.0)),
+        _dumps(usage),
+    )
+
+
+def served_from_rows(head: Row, items: Sequence[Row]) -> ServedRecommendation:
+    return ServedRecommendation(
+        recommendation_id=head["recommendation_id"],
+        user_id=head["user_id"],
+        created_at=datetime.fromisoformat(head["created_at"]),
+        items=[
+            ServedItem(item_id=r["item_id"], rank=r["rank"], score=r["score"], source=r["source"])
+            for r in items
+        ],
+        profile_version=head["profile_version"],
+        model=head["model"],
+        template_version=head["template_version"],
+        fallback_reason=head["fallback_reason"],
+        usage=json.loads(head["usage"]),
+    )
+
+
 class SQLiteStore(Store):
     """``Store`` on one SQLite file (or ``":memory:"``). One connection per store object,
     guarded by a lock; other processes and other store objects coordinate through SQLite."""
@@ -338,39 +441,23 @@ class SQLiteStore(Store):
             self.connection.close()
 
     # -- profiles --------------------------------------------------------------------------
-    @staticmethod
-    def _version(row: sqlite3.Row) -> ProfileVersion:
-        return ProfileVersion(
-            user_id=row["user_id"],
-            version=row["version"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            producer=row["producer"],
-            model=row["model"],
-            template_version=row["template_version"],
-            evidence=json.loads(row["evidence"]),
-            feedback_upto=row["feedback_upto"],
-            state=ProfileState.model_validate_json(row["state"]),
-            changes=[Change.model_validate(c) for c in json.loads(row["changes"])],
-            usage=json.loads(row["usage"]),
-        )
-
     def latest_profile(self, user_id: str) -> ProfileVersion | None:
         rows = self._read(
             "SELECT v.* FROM profile_versions v JOIN profile_heads h "
             "ON h.user_id = v.user_id AND h.version = v.version WHERE h.user_id = ?",
             (user_id,),
         )
-        return self._version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def profile_version(self, user_id: str, version: int) -> ProfileVersion | None:
         rows = self._read(
             "SELECT * FROM profile_versions WHERE user_id = ? AND version = ?", (user_id, version)
         )
-        return self._version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def profile_history(self, user_id: str) -> list[ProfileVersion]:
         rows = self._read("SELECT * FROM profile_versions WHERE user_id = ? ORDER BY version", (user_id,))
-        return [self._version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     def save_profile(self, draft: ProfileDraft, *, expected_version: int) -> ProfileVersion:
         user_id, new = draft.user_id, expected_version + 1
@@ -393,19 +480,7 @@ class SQLiteStore(Store):
                     "INSERT INTO profile_versions (user_id, version, created_at, producer, model, "
                     "template_version, evidence, feedback_upto, state, changes, usage) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        user_id,
-                        new,
-                        created,
-                        draft.producer,
-                        draft.model,
-                        draft.template_version,
-                        redact(_dumps(draft.evidence)),  # model output: no echoed key is stored
-                        draft.feedback_upto,
-                        redact(draft.state.model_dump_json()),
-                        redact(_dumps([c.model_dump(mode="json") for c in draft.changes])),
-                        _dumps(draft.usage),
-                    ),
+                    (user_id, new, created, *version_columns(draft)),
                 )
                 if head:
                     moved = conn.execute(
@@ -421,37 +496,13 @@ class SQLiteStore(Store):
         return ProfileVersion(**draft.model_dump(), version=new, created_at=datetime.fromisoformat(created))
 
     # -- feedback --------------------------------------------------------------------------
-    @staticmethod
-    def _feedback(row: sqlite3.Row) -> StoredFeedback:
-        return StoredFeedback(
-            seq=row["seq"],
-            feedback_id=row["feedback_id"],
-            user_id=row["user_id"],
-            item_id=row["item_id"],
-            signal=row["signal"],
-            value=row["value"],
-            comment=row["comment"],
-            recommendation_id=row["recommendation_id"],
-            timestamp=datetime.fromisoformat(row["timestamp"]),
-        )
-
     def add_feedback(self, event: FeedbackEvent) -> StoredFeedback:
         try:
             with self._write() as conn:
                 seq = conn.execute(
                     "INSERT INTO feedback (feedback_id, user_id, item_id, signal, value, comment, "
                     "recommendation_id, timestamp, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        event.feedback_id,
-                        event.user_id,
-                        event.item_id,
-                        event.signal,
-                        event.value,
-                        event.comment,
-                        event.recommendation_id,
-                        event.timestamp.isoformat(),
-                        _now(),
-                    ),
+                    feedback_columns(event),
                 ).lastrowid
         except sqlite3.IntegrityError:
             raise StoreError(f"feedback {event.feedback_id!r} is already recorded") from None
@@ -461,7 +512,7 @@ class SQLiteStore(Store):
         rows = self._read(
             "SELECT * FROM feedback WHERE user_id = ? AND seq > ? ORDER BY seq", (user_id, after_seq)
         )
-        return [self._feedback(row) for row in rows]
+        return [feedback_from_row(row) for row in rows]
 
     def blocked_items(self, user_id: str) -> dict[str, str]:
         rows = self._read(
@@ -473,25 +524,12 @@ class SQLiteStore(Store):
 
     # -- recommendations -------------------------------------------------------------------
     def save_recommendation(self, served: ServedRecommendation) -> None:
-        usage = served.usage
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO recommendations (recommendation_id, user_id, created_at, profile_version, "
                 "model, template_version, fallback_reason, prompt_tokens, completion_tokens, cost_usd, "
                 "usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    served.recommendation_id,
-                    served.user_id,
-                    served.created_at.isoformat(),
-                    served.profile_version,
-                    served.model,
-                    served.template_version,
-                    redact(served.fallback_reason) if served.fallback_reason else None,
-                    int(usage.get("prompt_tokens", 0)),
-                    int(usage.get("completion_tokens", 0)),
-                    float(usage.get("cost_usd", 0.0)),
-                    _dumps(usage),
-                ),
+                served_columns(served),
             )
             conn.executemany(
                 "INSERT INTO recommendation_items (recommendation_id, rank, item_id, score, source) "
@@ -507,21 +545,7 @@ class SQLiteStore(Store):
             "SELECT * FROM recommendation_items WHERE recommendation_id = ? ORDER BY rank",
             (recommendation_id,),
         )
-        row = head[0]
-        return ServedRecommendation(
-            recommendation_id=row["recommendation_id"],
-            user_id=row["user_id"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            items=[
-                ServedItem(item_id=r["item_id"], rank=r["rank"], score=r["score"], source=r["source"])
-                for r in rows
-            ],
-            profile_version=row["profile_version"],
-            model=row["model"],
-            template_version=row["template_version"],
-            fallback_reason=row["fallback_reason"],
-            usage=json.loads(row["usage"]),
-        )
+        return served_from_rows(head[0], rows)
 
     def latest_recommendation_with(self, user_id: str, item_id: str) -> str | None:
         rows = self._read(

@@ -30,12 +30,19 @@ from agent.errors import StoreError, VersionConflictError
 from agent.profiles.feedback import (
     LOW_RATING,
     FeedbackEvent,
-    ServedItem,
     ServedRecommendation,
     StoredFeedback,
 )
-from agent.profiles.store import Store
-from agent.profiles.versions import Change, ProfileDraft, ProfileState, ProfileVersion
+from agent.profiles.store import (
+    Store,
+    feedback_columns,
+    feedback_from_row,
+    served_columns,
+    served_from_rows,
+    version_columns,
+    version_from_row,
+)
+from agent.profiles.versions import ProfileDraft, ProfileVersion
 from agent.service.database import Cursor, Database, DuplicateKey
 
 log = logging.getLogger(__name__)
@@ -438,43 +445,27 @@ class TenantProfileStore(Store):
         """Nothing to do: the service store owns the connections."""
 
     # -- profiles -----------------------------------------------------------------------------
-    @staticmethod
-    def _version(row: dict[str, Any]) -> ProfileVersion:
-        return ProfileVersion(
-            user_id=row["user_id"],
-            version=row["version"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            producer=row["producer"],
-            model=row["model"],
-            template_version=row["template_version"],
-            evidence=json.loads(row["evidence"]),
-            feedback_upto=row["feedback_upto"],
-            state=ProfileState.model_validate_json(row["state"]),
-            changes=[Change.model_validate(c) for c in json.loads(row["changes"])],
-            usage=json.loads(row["usage"]),
-        )
-
     def latest_profile(self, user_id: str) -> ProfileVersion | None:
         rows = self.db.read(
             "SELECT v.* FROM profile_versions v JOIN profile_heads h ON h.tenant = v.tenant "
             "AND h.user_id = v.user_id AND h.version = v.version WHERE h.tenant = ? AND h.user_id = ?",
             (self.tenant, user_id),
         )
-        return self._version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def profile_version(self, user_id: str, version: int) -> ProfileVersion | None:
         rows = self.db.read(
             "SELECT * FROM profile_versions WHERE tenant = ? AND user_id = ? AND version = ?",
             (self.tenant, user_id, version),
         )
-        return self._version(rows[0]) if rows else None
+        return version_from_row(rows[0]) if rows else None
 
     def profile_history(self, user_id: str) -> list[ProfileVersion]:
         rows = self.db.read(
             "SELECT * FROM profile_versions WHERE tenant = ? AND user_id = ? ORDER BY version",
             (self.tenant, user_id),
         )
-        return [self._version(row) for row in rows]
+        return [version_from_row(row) for row in rows]
 
     def save_profile(self, draft: ProfileDraft, *, expected_version: int) -> ProfileVersion:
         user_id, new, created = draft.user_id, expected_version + 1, now()
@@ -504,58 +495,20 @@ class TenantProfileStore(Store):
                     "INSERT INTO profile_versions (tenant, user_id, version, created_at, producer, model, "
                     "template_version, evidence, feedback_upto, state, changes, usage) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self.tenant,
-                        user_id,
-                        new,
-                        created,
-                        draft.producer,
-                        draft.model,
-                        draft.template_version,
-                        _dumps(draft.evidence),
-                        draft.feedback_upto,
-                        draft.state.model_dump_json(),
-                        _dumps([c.model_dump(mode="json") for c in draft.changes]),
-                        _dumps(draft.usage),
-                    ),
+                    (self.tenant, user_id, new, created, *version_columns(draft)),
                 )
         except DuplicateKey:
             raise conflict(-1) from None
         return ProfileVersion(**draft.model_dump(), version=new, created_at=datetime.fromisoformat(created))
 
     # -- feedback -----------------------------------------------------------------------------
-    @staticmethod
-    def _feedback(row: dict[str, Any]) -> StoredFeedback:
-        return StoredFeedback(
-            seq=row["seq"],
-            feedback_id=row["feedback_id"],
-            user_id=row["user_id"],
-            item_id=row["item_id"],
-            signal=row["signal"],
-            value=row["value"],
-            comment=row["comment"],
-            recommendation_id=row["recommendation_id"],
-            timestamp=datetime.fromisoformat(row["timestamp"]),
-        )
-
     def add_feedback(self, event: FeedbackEvent, cur: Cursor | None = None) -> StoredFeedback:
         """Append one reaction; inside ``cur``'s transaction when given (idempotent requests)."""
         sql = (
             "INSERT INTO feedback (tenant, feedback_id, user_id, item_id, signal, value, comment, "
             "recommendation_id, timestamp, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq"
         )
-        params = (
-            self.tenant,
-            event.feedback_id,
-            event.user_id,
-            event.item_id,
-            event.signal,
-            event.value,
-            event.comment,
-            event.recommendation_id,
-            event.timestamp.isoformat(),
-            now(),
-        )
+        params = (self.tenant, *feedback_columns(event))
         try:
             if cur is not None:
                 seq = cur.execute(sql, params)[0]["seq"]
@@ -571,7 +524,7 @@ class TenantProfileStore(Store):
             "SELECT * FROM feedback WHERE tenant = ? AND user_id = ? AND seq > ? ORDER BY seq",
             (self.tenant, user_id, after_seq),
         )
-        return [self._feedback(row) for row in rows]
+        return [feedback_from_row(row) for row in rows]
 
     def blocked_items(self, user_id: str) -> dict[str, str]:
         rows = self.db.read(
@@ -583,26 +536,12 @@ class TenantProfileStore(Store):
 
     # -- recommendations -------------------------------------------------------------------------
     def save_recommendation(self, served: ServedRecommendation) -> None:
-        usage = served.usage
         with self.db.transaction() as cur:
             cur.execute(
                 "INSERT INTO recommendations (tenant, recommendation_id, user_id, created_at, profile_version, "
                 "model, template_version, fallback_reason, prompt_tokens, completion_tokens, cost_usd, usage) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    self.tenant,
-                    served.recommendation_id,
-                    served.user_id,
-                    served.created_at.isoformat(),
-                    served.profile_version,
-                    served.model,
-                    served.template_version,
-                    served.fallback_reason,
-                    int(usage.get("prompt_tokens", 0)),
-                    int(usage.get("completion_tokens", 0)),
-                    float(usage.get("cost_usd", 0.0)),
-                    _dumps(usage),
-                ),
+                (self.tenant, *served_columns(served)),
             )
             cur.executemany(
                 "INSERT INTO recommendation_items (tenant, recommendation_id, rank, item_id, score, source) "
@@ -624,21 +563,7 @@ class TenantProfileStore(Store):
             "SELECT * FROM recommendation_items WHERE tenant = ? AND recommendation_id = ? ORDER BY rank",
             (self.tenant, recommendation_id),
         )
-        row = head[0]
-        return ServedRecommendation(
-            recommendation_id=row["recommendation_id"],
-            user_id=row["user_id"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            items=[
-                ServedItem(item_id=r["item_id"], rank=r["rank"], score=r["score"], source=r["source"])
-                for r in rows
-            ],
-            profile_version=row["profile_version"],
-            model=row["model"],
-            template_version=row["template_version"],
-            fallback_reason=row["fallback_reason"],
-            usage=json.loads(row["usage"]),
-        )
+        return served_from_rows(head[0], rows)
 
     def latest_recommendation_with(self, user_id: str, item_id: str) -> str | None:
         rows = self.db.read(
