@@ -161,27 +161,20 @@ class SharedRateLimiter(RateLimiter):
         super().__init__(rpm=None, tpm=None, concurrency=concurrency, minute_s=minute_s)
         self.shared = buckets
 
-    async def enter(self, body: dict[str, Any]) -> Ticket:
-        tokens, prompt, counted = self._estimate(body)
-        await self.concurrency.acquire()
-        try:
-            while True:
-                pause = self._paused_until - self.clock()
-                if pause > MIN_WAIT_S:
-                    self.stats.waited_s += pause
-                    await self.sleep(pause)
-                    continue
-                wait = float(await self.shared.take.remote(1, tokens))
-                if wait == 0.0:  # admitted (the actor took the request and its tokens)
-                    break
-                self.stats.waited_s += wait
-                await self.sleep(wait)
-        except BaseException:
-            self.concurrency.release()
-            raise
-        self.stats.attempts += 1
-        self.stats.tokens_charged += tokens
-        return Ticket(tokens, prompt, counted)
+    async def _admit(self, tokens: float) -> None:
+        """The local 429 pause, then the cluster's budget: the actor takes the request and its
+        tokens, or says how long to wait before asking again."""
+        while True:
+            pause = self._paused_until - self.clock()
+            if pause > MIN_WAIT_S:
+                self.stats.waited_s += pause
+                await self.sleep(pause)
+                continue
+            wait = float(await self.shared.take.remote(1, tokens))
+            if wait == 0.0:  # admitted (the actor took the request and its tokens)
+                return
+            self.stats.waited_s += wait
+            await self.sleep(wait)
 
     def exit(
         self,

@@ -224,21 +224,7 @@ class RateLimiter:
         await self.concurrency.acquire()
         try:
             async with self._lock:  # FIFO: a large request is not starved by smaller ones
-                while True:
-                    now = self.clock()
-                    wait = max(
-                        self._paused_until - now,
-                        self.requests.wait_for(1, now) if self.requests else 0.0,
-                        self.tokens.wait_for(tokens, now) if self.tokens else 0.0,
-                    )
-                    if wait <= MIN_WAIT_S:  # float rounding must not become an endless wait
-                        break
-                    self.stats.waited_s += wait
-                    await self.sleep(wait)
-                if self.requests:
-                    self.requests.take(1)
-                if self.tokens:
-                    self.tokens.take(tokens)
+                await self._admit(tokens)
         except BaseException:
             self.concurrency.release()
             raise
@@ -246,6 +232,27 @@ class RateLimiter:
         self.stats.tokens_charged += tokens
         self._in_flight_tokens += tokens
         return Ticket(tokens, prompt, counted)
+
+    async def _admit(self, tokens: float) -> None:
+        """Wait for the 429 pause and both buckets, then charge one request and ``tokens``.
+
+        The one place admission is decided; a limiter whose budget lives elsewhere (the Ray
+        engine's shared actor) overrides only this."""
+        while True:
+            now = self.clock()
+            wait = max(
+                self._paused_until - now,
+                self.requests.wait_for(1, now) if self.requests else 0.0,
+                self.tokens.wait_for(tokens, now) if self.tokens else 0.0,
+            )
+            if wait <= MIN_WAIT_S:  # float rounding must not become an endless wait
+                break
+            self.stats.waited_s += wait
+            await self.sleep(wait)
+        if self.requests:
+            self.requests.take(1)
+        if self.tokens:
+            self.tokens.take(tokens)
 
     def exit(
         self,
