@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,12 +140,13 @@ def make_keys(store_url: str, spec: dict[str, tuple[str, tuple[str, ...]]]) -> d
         store.close()
 
 
-@pytest.fixture
-def live_service(tmp_path: Path, standin_model: LoopbackServer) -> Iterator[LiveService]:
-    """The service on SQLite with the sample data in tenant ``shop`` and a read/write key."""
-    store_url = f"sqlite:///{tmp_path / 'service.sqlite'}"
+@contextmanager
+def sample_service(folder: Path, base_url: str) -> Iterator[LiveService]:
+    """``recagent serve`` on SQLite with the sample data in tenant ``shop``, read/write (``rw``)
+    and read-only (``ro``) keys, answering with the model at ``base_url``; stopped on exit."""
+    store_url = f"sqlite:///{folder / 'service.sqlite'}"
     keys = make_keys(store_url, {"rw": ("shop", ("read", "write")), "ro": ("shop", ("read",))})
-    service = start_service(store_url, tmp_path / "service.log", base_url=standin_model.base_url)
+    service = start_service(store_url, folder / "service.log", base_url=base_url)
     service.keys = keys
     try:
         yield service
@@ -153,21 +155,22 @@ def live_service(tmp_path: Path, standin_model: LoopbackServer) -> Iterator[Live
             service.kill(signal.SIGTERM)
 
 
+@pytest.fixture
+def live_service(tmp_path: Path, standin_model: LoopbackServer) -> Iterator[LiveService]:
+    """A fresh ``sample_service`` for one test (its process-wide metrics start at zero)."""
+    with sample_service(tmp_path, standin_model.base_url) as service:
+        yield service
+
+
 @pytest.fixture(scope="module")
 def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    """One service for a module's tests that use separate users and don't count process-wide
-    metrics (starting a service costs seconds; tests that need a fresh one use ``live_service``)."""
-    tmp = tmp_path_factory.mktemp("shared-service")
-    with LoopbackServer(responder=standin_chat.respond) as model:
-        store_url = f"sqlite:///{tmp / 'service.sqlite'}"
-        keys = make_keys(store_url, {"rw": ("shop", ("read", "write")), "ro": ("shop", ("read",))})
-        service = start_service(store_url, tmp / "service.log", base_url=model.base_url)
-        service.keys = keys
-        try:
-            yield service
-        finally:
-            if service.process.poll() is None:
-                service.kill(signal.SIGTERM)
+    """One ``sample_service`` for a module's tests that use separate users and don't count
+    process-wide metrics (starting a service costs seconds)."""
+    with (
+        LoopbackServer(responder=standin_chat.respond) as model,
+        sample_service(tmp_path_factory.mktemp("shared-service"), model.base_url) as service,
+    ):
+        yield service
 
 
 ServiceFactory = Callable[..., LiveService]

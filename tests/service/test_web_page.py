@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, Request, Route, expect, sync_playwright
 
-from agent.testing import standin_chat
-from agent.testing.loopback import LoopbackServer
-from tests.service.conftest import SAMPLE, LiveService, make_keys, start_service
+from tests.service.conftest import SAMPLE, LiveService
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "out" / "screenshots"
@@ -59,20 +56,9 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
-    """``recagent serve`` on SQLite with the sample data in tenant ``shop`` and the stand-in model
-    (as the ``live_service`` fixture of conftest.py, but shared by this module's tests)."""
-    folder = tmp_path_factory.mktemp("web")
-    store_url = f"sqlite:///{folder / 'service.sqlite'}"
-    keys = make_keys(store_url, {"rw": ("shop", ("read", "write")), "ro": ("shop", ("read",))})
-    with LoopbackServer(responder=standin_chat.respond) as model:
-        service = start_service(store_url, folder / "service.log", base_url=model.base_url)
-        service.keys = keys
-        try:
-            yield service
-        finally:
-            if service.process.poll() is None:
-                service.kill(signal.SIGTERM)
+def console(shared_service: LiveService) -> LiveService:
+    """The module's shared ``recagent serve`` (sample data, tenant ``shop``, stand-in model)."""
+    return shared_service
 
 
 @pytest.fixture
