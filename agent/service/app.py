@@ -173,7 +173,11 @@ class Service:
         with self._lock:
             if tenant not in self._runtimes:
                 self._runtimes[tenant] = TenantRuntime(
-                    self.store, tenant, client=self.client, config=AgentConfig()
+                    self.store,
+                    tenant,
+                    client=self.client,
+                    config=AgentConfig(),
+                    on_rebuild=self.metrics.rebuild.observe,
                 )
             return self._runtimes[tenant]
 

@@ -58,6 +58,7 @@ class TenantRuntime:
         *,
         client: ChatClient | None,
         config: AgentConfig | None = None,
+        on_rebuild: Callable[[float], None] | None = None,
     ) -> None:
         self.store = store
         self.tenant = tenant
@@ -70,6 +71,8 @@ class TenantRuntime:
         self._seen: tuple[int, int] = (0, 0)
         self._snapshot: Snapshot | None = None
         self.rebuilds = 0
+        self._on_rebuild = on_rebuild
+        """Called with the seconds each rebuild took (the service's metrics)."""
 
     # -- freshness ---------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -115,6 +118,8 @@ class TenantRuntime:
             agent = RecommenderAgent(events.frame, items.frame, self.client, self.config, store=self.profiles)
         took = time.perf_counter() - start
         self.rebuilds += 1
+        if self._on_rebuild is not None:
+            self._on_rebuild(took)
         self._snapshot = Snapshot(agent=agent, version=(seq, rev), items=items_frame, built_in_s=took)
         log.info("tenant data rebuilt in %.3f s (events seq %d, items rev %d)", took, seq, rev)
         return self._snapshot

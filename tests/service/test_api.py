@@ -268,6 +268,7 @@ def test_health_readiness_and_metrics(live_service: LiveService) -> None:
         'recagent_model_tokens_total{kind="prompt"}',
         "recagent_model_cost_usd_total",
         'recagent_grounding_rate_count{kind="invented"} 1.0',
+        "recagent_data_rebuild_seconds_count 1.0",  # the tenant's data, read once at the first request
     ):
         assert name in text, name
     assert "u001" not in text and "stranger" not in text
