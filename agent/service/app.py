@@ -167,7 +167,6 @@ class Service:
         )
         self._runtimes: dict[str, TenantRuntime] = {}
         self._lock = threading.Lock()
-        self.started = time.time()
 
     def runtime(self, tenant: str) -> TenantRuntime:
         with self._lock:

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -45,7 +45,6 @@ class Snapshot:
     version: tuple[int, int]
     items: pd.DataFrame
     built_in_s: float
-    built_at: float = field(default_factory=time.time)
 
 
 class TenantRuntime:
