@@ -52,7 +52,7 @@ from agent.profiles.refine import RefineConfig, Refiner, RefineResult
 from agent.profiles.store import Store
 from agent.profiles.versions import built_profile_draft
 from agent.prompting.fit import fit_prompt
-from agent.prompting.history import Catalog, consumed_items, history_lines
+from agent.prompting.history import Catalog, consumed_items
 from agent.prompting.schemas import BehaviorProfile
 from agent.prompting.templates import (
     Domain,
@@ -123,7 +123,13 @@ class AgentConfig:
     n_candidates: int = 30
     prompt_budget_tokens: int = 6000
     """Upper bound on prompt tokens (system + user, framing included); history is trimmed to fit."""
-    max_history_events: int = 300
+    max_history_events: int = 20
+    """Most history events a prompt shows (the ``keep_priority`` order: the 5 most recent, then
+    the strongest signals). Why 20: LLMRank (Hou et al., ECIR 2024, fig. 1b: ChatGPT on ML-1M,
+    1 true + 19 random candidates) measured NDCG@10 of about 50 with the 5 most recent
+    interactions, 48 with 10, 47 with 20 and 46.5 with 50: ranking does not improve with
+    longer histories, while every event costs tokens in both of a user's prompts. 20 keeps
+    room for the profile's recurring themes. docs/BENCHMARKS.md (cost per 1,000 users) has the numbers."""
     exclude_consumed: bool = True
     seed: int = 7
     domain: Domain = field(default_factory=Domain)
@@ -185,13 +191,13 @@ class RecommenderAgent:
         self, user_events: EventColumns, build: Any, scrubber: Scrubber
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         """Render with as much history as the token budget allows (never more)."""
-        lines = history_lines(user_events, self.catalog, scrubber)
         model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
         return fit_prompt(
             self.renderer,
             build,
             user_events,
-            lines,
+            self.catalog,
+            scrubber,
             model,
             self.config.prompt_budget_tokens,
             self.config.max_history_events,
@@ -386,6 +392,7 @@ class RecommenderAgent:
         def build(kept: list[HistoryLine]) -> tuple[str, RecommendInputs]:
             return "recommend", RecommendInputs(
                 domain=self.config.domain,
+                behaviors=self.behaviors,
                 profile=profile_json,
                 history=kept,
                 total_events=len(user_events),

@@ -1,6 +1,6 @@
 """Benchmark: local overhead of preparing one user's prompts (issue #6; not a timed test).
 
-    python scripts/bench_prepare.py [--fit agent|render] [--repeat 3] [--budget 6000]
+    python scripts/bench_prepare.py [--repeat 3] [--budget 6000]
 
 Loads fixtures/sample (50 users, 42-173 events each), makes one warm-up pass over every user
 (``prepare_profile`` then ``prepare_recommend``, no network: the agent has no client and
@@ -8,9 +8,7 @@ measures prompts with gpt-4o-mini's tokenizer), then times each call per user an
 median milliseconds. The warm-up pass is reported too: it is what a batch sees the first time
 it meets a user (token counts of history lines are cached by then only for the second task).
 
-``--fit render`` times the reference algorithm instead (``agent.prompting.fit.fit_by_rendering``:
-render and count the prompt at every bisection probe): same prompts, and what the bisection
-alone would cost with today's renderer and token counter.
+Prompts show at most ``AgentConfig.max_history_events`` (20) events, as the agent sends them.
 """
 
 from __future__ import annotations
@@ -29,14 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "fixtures" / "sample"
 
 
-def route_through_rendering() -> None:
-    """Make the agent fit prompts with the reference algorithm (same signature, same prompts)."""
-    import agent.recommender
-    from agent.prompting.fit import fit_by_rendering
-
-    agent.recommender.fit_prompt = fit_by_rendering
-
-
 def timings(users: list[str], call: Callable[[str], object]) -> list[float]:
     out = []
     for user in users:
@@ -49,15 +39,10 @@ def timings(users: list[str], call: Callable[[str], object]) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--fit", choices=["agent", "render"], default="agent", help="render: the reference algorithm"
-    )
-    parser.add_argument(
         "--repeat", type=int, default=3, help="timed passes after the warm-up (median of all)"
     )
     parser.add_argument("--budget", type=int, default=AgentConfig().prompt_budget_tokens)
     args = parser.parse_args()
-    if args.fit == "render":
-        route_through_rendering()
 
     items = load_items(SAMPLE / "items.csv")
     events = align_catalog(load_events(SAMPLE / "events.csv"), items)
@@ -76,7 +61,7 @@ def main() -> int:
         profile += timings(users, agent.prepare_profile)
         recommend += timings(users, agent.prepare_recommend)
 
-    print(f"{len(users)} users, budget {args.budget} tokens, fit={args.fit}, {args.repeat} timed pass(es)")
+    print(f"{len(users)} users, budget {args.budget} tokens, {args.repeat} timed pass(es)")
     for name, timed, first in (
         ("prepare_profile", profile, warm_profile),
         ("prepare_recommend", recommend, warm_recommend),

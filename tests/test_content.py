@@ -270,11 +270,11 @@ def test_cli_generate_errors_are_one_line(capsys: pytest.CaptureFixture[str]) ->
     assert err.startswith("recagent: error:") and "NOPE" in err and len(err.strip().splitlines()) == 1
 
 
-def test_content_prompts_are_fitted_without_rendering_per_probe(
+def test_content_prompts_render_once_when_the_history_fits(
     frames: tuple[pd.DataFrame, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The built-in content templates take the agent's fast prompt fitting: no full render per
-    bisection probe (the recorded prompts still match, so they are the reference's prompts)."""
+    """Prompt fitting probes the whole capped history first: when it fits, one render per prompt
+    (no bisection), and the recorded prompts still match."""
     renders: list[str] = []
     original = PromptRenderer.render
 
@@ -289,4 +289,4 @@ def test_content_prompts_are_fitted_without_rendering_per_probe(
         generator = ContentGenerator(RecommenderAgent(*frames, client), items=frames[1])
         for item_id, kind in standin_chat.RECORDED_CONTENT:
             assert generator.generate(standin_chat.RECORDED_USER, item_id, kind).text
-    assert renders == []
+    assert renders == ["describe_item", "explain"]

@@ -1,4 +1,4 @@
-"""Fast prompt fitting returns byte for byte what the render-and-count bisection returned.
+"""Prompt fitting returns byte for byte what the render-and-count bisection returned.
 
 The algorithm before issue #6 is kept here verbatim as the reference: numpy priority order,
 pandas history lines, Jinja's own ``tojson`` filter, a full tiktoken count at every probe of
@@ -25,8 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-import agent.prompting.fit as prompt_fit
-import agent.prompting.lines as prompt_lines
 import agent.prompting.tokens as tokens_module
 from agent.chat.content import ContentInputs
 from agent.data.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGHT, KNOWN_BEHAVIORS
@@ -34,7 +32,7 @@ from agent.data.event_columns import EventColumns
 from agent.data.loading import align_catalog, load_events, load_items
 from agent.data.privacy import Scrubber
 from agent.errors import ConfigError
-from agent.prompting.fit import FAST_TEMPLATE_VERSIONS, fast_version, fit_prompt
+from agent.prompting.fit import fit_lines
 from agent.prompting.history import Catalog, consumed_items, history_lines, keep_priority
 from agent.prompting.lines import tojson_text
 from agent.prompting.templates import (
@@ -57,7 +55,7 @@ from agent.prompting.tokens import (
     encoding_for,
     split_is_exact,
 )
-from agent.recommender import DEFAULT_MODEL, RecommenderAgent
+from agent.recommender import RecommenderAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "fixtures" / "sample"
@@ -275,7 +273,7 @@ def test_fast_fit_equals_the_reference_for_every_sample_user(
             reference_fit, reference, case.build, case.user_events, case.reference_lines, budget
         )
         got = outcome(
-            fit_prompt, sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, budget, 300
+            fit_lines, sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, budget, 300
         )
         assert got == expected, (case.user, case.task, budget)
         if isinstance(got, tuple) and isinstance(got[0], RenderedPrompt):
@@ -298,7 +296,7 @@ def test_fewer_max_events_and_other_models_equal_the_reference(
                 max_events,
             )
             got = outcome(
-                fit_prompt,
+                fit_lines,
                 sample_agent.renderer,
                 case.build,
                 case.user_events,
@@ -313,35 +311,26 @@ def test_fewer_max_events_and_other_models_equal_the_reference(
 def test_the_wired_agent_prepares_the_same_requests(
     sample_agent: RecommenderAgent, users: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The replacement body proposed for RecommenderAgent._fit_prompt, end to end."""
-
-    def fast_fit_prompt(
-        self: RecommenderAgent, user_events: pd.DataFrame, build: Build, scrubber: Scrubber
-    ) -> tuple[RenderedPrompt, list[HistoryLine]]:
-        lines = history_lines(user_events, self.catalog, scrubber)
-        model = self.client.config.model if self.client else (self.token_model or DEFAULT_MODEL)
-        return fit_prompt(
-            self.renderer,
-            build,
-            user_events,
-            lines,
-            model,
-            self.config.prompt_budget_tokens,
-            self.config.max_history_events,
-        )
+    """RecommenderAgent._fit_prompt (lines built only for the rows it may show) vs the reference."""
 
     def old_fit_prompt(
         self: RecommenderAgent, columns: EventColumns, build: Build, scrubber: Scrubber
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         user_events = as_frame(columns)  # the reference reads a frame
         lines = reference_history_lines(user_events, self.catalog, scrubber)
-        return reference_fit(jinja_renderer(), build, user_events, lines, self.config.prompt_budget_tokens)
+        return reference_fit(
+            jinja_renderer(),
+            build,
+            user_events,
+            lines,
+            self.config.prompt_budget_tokens,
+            self.config.max_history_events,
+        )
 
     some = users[::10]
+    after = [(sample_agent.prepare_profile(u), sample_agent.prepare_recommend(u)) for u in some]
     monkeypatch.setattr(RecommenderAgent, "_fit_prompt", old_fit_prompt)
     before = [(sample_agent.prepare_profile(u), sample_agent.prepare_recommend(u)) for u in some]
-    monkeypatch.setattr(RecommenderAgent, "_fit_prompt", fast_fit_prompt)
-    after = [(sample_agent.prepare_profile(u), sample_agent.prepare_recommend(u)) for u in some]
     assert after == before
 
 
@@ -357,31 +346,11 @@ def as_frame(columns: EventColumns) -> pd.DataFrame:
     )
 
 
-def _no_rendering(*args: object) -> None:
-    raise AssertionError("fell back to rendering at every probe")
-
-
-def test_the_fast_path_serves_the_built_in_templates(
-    sample_agent: RecommenderAgent, cases: list[Case], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A template edit that drops the fast path (a silent slowdown) fails here: see FAST_TEMPLATE_VERSIONS."""
-    renderer = PromptRenderer()
-    names = ("profile", "recommend", "describe_item", "explain", "summarize")
-    assert {renderer.version(name) for name in names} == FAST_TEMPLATE_VERSIONS
-    assert all(fast_version(renderer, name) for name in names)
-
-    monkeypatch.setattr(prompt_fit, "fit_by_rendering", _no_rendering)
-    for case in cases:
-        for budget in (3500, 6000, 10**6):
-            fit_prompt(sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, budget, 300)
-
-
 @pytest.mark.parametrize("template", ["describe_item", "explain", "summarize"])
 def test_content_templates_equal_the_reference(
     sample_agent: RecommenderAgent, cases: list[Case], template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """agent.chat.content's prompts share the history block, so the fast path serves them too."""
-    monkeypatch.setattr(prompt_fit, "fit_by_rendering", _no_rendering)
     record = {"item_id": "SKU-10014", "title": "Kitepost <Strategy> & 'Co'", "price": 42.99, "category": None}
     reference = jinja_renderer()
     for case in cases[::15]:
@@ -404,7 +373,7 @@ def test_content_templates_equal_the_reference(
                 reference_fit, reference, build, case.user_events, case.reference_lines, budget, max_events
             )
             got = outcome(
-                fit_prompt,
+                fit_lines,
                 sample_agent.renderer,
                 build,
                 case.user_events,
@@ -422,12 +391,12 @@ def test_content_templates_equal_the_reference(
     [
         ("profile.j2", lambda s: s.replace("Write the behavior profile", "Profile")),
         ("recommend.j2", lambda s: s.replace("best first.", "best first, please.")),
-        # A history block of its own: the lines are not `compact|tojson`, no "most recent" line.
-        ("_base.j2", lambda s: s.replace("{{ event|compact|tojson }}", "{{ event.n }}. {{ event.title }}")),
+        # A history block of its own: rows as plain text instead of JSON arrays.
+        ("_base.j2", lambda s: s.replace("{{ row|tojson }}", "{{ row|join(' | ') }}")),
         ("_base.j2", lambda s: s.replace("shown=", "count=")),
     ],
 )
-def test_user_templates_fall_back_to_rendering_and_equal_the_reference(
+def test_user_templates_equal_the_reference(
     sample_agent: RecommenderAgent,
     cases: list[Case],
     tmp_path: Path,
@@ -436,16 +405,13 @@ def test_user_templates_fall_back_to_rendering_and_equal_the_reference(
 ) -> None:
     (tmp_path / filename).write_text(edit((BUILTIN_TEMPLATE_DIR / filename).read_text(encoding="utf-8")))
     custom = PromptRenderer(tmp_path)
-    overridden = {"profile", "recommend"} if filename == "_base.j2" else {filename.removesuffix(".j2")}
-    for name in ("profile", "recommend"):
-        assert (fast_version(custom, name) is not None) == (name not in overridden)
     reference = jinja_renderer(tmp_path)
     for case in cases[::9]:
         for budget in (3000, 6000):
             expected = outcome(
                 reference_fit, reference, case.build, case.user_events, case.reference_lines, budget
             )
-            got = outcome(fit_prompt, custom, case.build, case.user_events, case.lines, MODEL, budget, 300)
+            got = outcome(fit_lines, custom, case.build, case.user_events, case.lines, MODEL, budget, 300)
             assert got == expected, (case.user, case.task, budget)
 
 
@@ -459,9 +425,7 @@ def test_a_builder_that_changes_more_than_the_history_falls_back(
 
     reference = jinja_renderer()
     expected = reference_fit(reference, build, case.user_events, case.reference_lines, 3000)
-    assert (
-        fit_prompt(sample_agent.renderer, build, case.user_events, case.lines, MODEL, 3000, 300) == expected
-    )
+    assert fit_lines(sample_agent.renderer, build, case.user_events, case.lines, MODEL, 3000, 300) == expected
 
 
 # -- random histories: hostile text, the budget is never exceeded -----------------------------
@@ -563,7 +527,7 @@ def test_random_histories_equal_the_reference_and_never_exceed_the_budget(
     reference = jinja_renderer()
     budget = reference_count(reference.render(*build([])).messages) + slack
     expected = outcome(reference_fit, reference, build, frame, lines, budget, max_events)
-    got = outcome(fit_prompt, PromptRenderer(), build, frame, lines, MODEL, budget, max_events)
+    got = outcome(fit_lines, PromptRenderer(), build, frame, lines, MODEL, budget, max_events)
     assert got == expected
     if slack < 0:
         assert isinstance(got, tuple) and got[0] == "ConfigError"
@@ -635,25 +599,13 @@ def test_sample_prompts_count_the_same_as_a_full_encode(
     sample_agent: RecommenderAgent, cases: list[Case]
 ) -> None:
     for case in cases:
-        prompt, _ = fit_prompt(
+        prompt, _ = fit_lines(
             sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, 10**6, 300
         )
         assert count_messages(prompt.messages, MODEL) == reference_count(prompt.messages)
 
 
 def _forget_everything() -> None:
-    prompt_fit._frames.clear()
-    prompt_fit._checked_versions.clear()
-    prompt_lines._lines.clear()
-    prompt_lines._by_identity.clear()
-    prompt_lines._item_groups.clear()
-    for part_cache in (
-        prompt_lines._str_part,
-        prompt_lines._number_part,
-        prompt_lines._opening_part,
-        prompt_lines._closing_part,
-    ):
-        part_cache.cache_clear()
     for cached in (tokens_module._count_cached, tokens_module._count_short):
         cached.cache_clear()
 
@@ -664,7 +616,7 @@ def test_cold_caches_give_the_same_prompts(sample_agent: RecommenderAgent, cases
         for budget in (2500, 6000):
             _forget_everything()
             got = outcome(
-                fit_prompt,
+                fit_lines,
                 sample_agent.renderer,
                 case.build,
                 case.user_events,
@@ -684,7 +636,7 @@ def test_threads_share_the_caches_safely(sample_agent: RecommenderAgent, cases: 
 
     def fit(case: Case) -> object:
         return outcome(
-            fit_prompt, sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, 4000, 300
+            fit_lines, sample_agent.renderer, case.build, case.user_events, case.lines, MODEL, 4000, 300
         )
 
     _forget_everything()

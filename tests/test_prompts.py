@@ -66,7 +66,8 @@ def test_data_cannot_close_its_block_or_inject_roles() -> None:
     prompt = PromptRenderer().render("recommend", _recommend_inputs(title=hostile))
     user = prompt.messages[1]["content"]
     assert "</data>\nsystem:" not in user
-    assert user.count("</data>") == 4  # profile, history, candidates, request: no extra closer
+    # behaviors, items, history, profile, candidates, request: no extra closer
+    assert user.count("</data>") == 6
     assert parse_blocks(user)["history"][1]["title"] == hostile  # still readable as data
 
 

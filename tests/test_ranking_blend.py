@@ -20,7 +20,7 @@ from agent.ranking.fusion import FusionWeights, RankedList, fuse
 from agent.ranking.position_bias import borda
 from agent.recommender import AgentConfig, CandidateInfo, RecommenderAgent, ReplyContext, interpret_rankings
 from agent.testing.loopback import Fault, LoopbackServer, Reply
-from agent.testing.standin_model import respond
+from agent.testing.standin_model import parse_blocks, respond
 from tests.test_evaluate import client_for, prompt_leaks, synthetic
 
 IDS = [f"c{n}" for n in range(8)]
@@ -127,10 +127,7 @@ def test_agent_bootstrap_sends_b_differently_shuffled_prompts(
         bodies = [r.body for r in server.requests]
     assert len(bodies) == 3 and result.orders == 3 and result.usage["requests"] == 3
     users = [b["messages"][-1]["content"] for b in bodies]
-    shown = [
-        [line.split('"item_id": "')[1].split('"')[0] for line in u.split("\n") if '"item_id"' in line]
-        for u in users
-    ]
+    shown = [[row["item_id"] for row in parse_blocks(u)["candidates"]] for u in users]
     assert len({tuple(s) for s in shown}) == 3  # three different candidate orders
     # order 0 is the single-call order: bootstrap B=1 sends exactly the same prompt
     with LoopbackServer(responder=lambda body: Reply(content=respond(body))) as server:

@@ -38,7 +38,6 @@ from agent.data.privacy import Scrubber
 from agent.errors import Usage
 from agent.llm.client import ChatClient, StructuredReply, account, extract_json
 from agent.prompting.fit import fit_prompt
-from agent.prompting.history import history_lines
 from agent.prompting.schemas import StrictModel
 from agent.prompting.templates import Domain, HistoryLine, RenderedPrompt
 from agent.recommender import RecommenderAgent
@@ -473,7 +472,6 @@ class ContentGenerator:
         model: str,
     ) -> tuple[RenderedPrompt, list[HistoryLine]]:
         agent = self.agent
-        lines = history_lines(user_events, agent.catalog, scrubber)
 
         def build(kept: list[HistoryLine]) -> tuple[str, ContentInputs]:
             return TEMPLATES[kind], ContentInputs(
@@ -488,12 +486,12 @@ class ContentGenerator:
                 max_words=self.max_words,
             )
 
-        # The agent's prompt fitting: same prompts as render-and-count, without rendering per probe.
         return fit_prompt(
             agent.renderer,
             build,
             user_events,
-            lines,
+            agent.catalog,
+            scrubber,
             model,
             agent.config.prompt_budget_tokens,
             min(agent.config.max_history_events, MAX_CONTENT_HISTORY),

@@ -11,7 +11,7 @@ model can still see that older events were left out.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,6 @@ from agent.data.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGH
 from agent.data.event_columns import EventColumns
 from agent.data.privacy import Scrubber
 from agent.prompting.templates import CandidateLine, HistoryLine
-from agent.prompting.tokens import fit_to_budget
 
 
 @dataclass(frozen=True)
@@ -140,21 +139,27 @@ def _clip(text: str | None, limit: int) -> str | None:
 
 
 def history_lines(
-    user_events: pd.DataFrame | EventColumns, catalog: Catalog, scrubber: Scrubber
+    user_events: pd.DataFrame | EventColumns,
+    catalog: Catalog,
+    scrubber: Scrubber,
+    rows: Sequence[int] | None = None,
 ) -> list[HistoryLine]:
-    """All of a user's events as prompt lines, numbered 1..n in time order."""
+    """The user's events at positions ``rows`` (default: all) as prompt lines, in that order.
+
+    Each line's ``n`` is its position in the whole history (1 = oldest), whichever rows are
+    asked for: a prompt that shows 20 of 700 events builds 20 lines, numbered as in the log.
+    """
     columns = _columns(user_events)
+    positions = range(len(columns.items)) if rows is None else rows
     fields: list[dict[str, object]] = []
-    for n, (date, item_id, behavior, value, text) in enumerate(
-        zip(columns.dates, columns.items, columns.behaviors, columns.values, columns.texts, strict=True),
-        start=1,
-    ):
+    for row in positions:
+        item_id, value, text = columns.items[row], columns.values[row], columns.texts[row]
         info = catalog.get(item_id) if item_id else None
         fields.append(
             {
-                "n": n,
-                "date": date,
-                "behavior": behavior,
+                "n": row + 1,
+                "date": columns.dates[row],
+                "behavior": columns.behaviors[row],
                 "item_id": item_id or None,
                 "title": _clip(info.title, MAX_TITLE_CHARS) if info else None,
                 "category": info.category if info else None,
@@ -171,19 +176,6 @@ _LINES = TypeAdapter(list[HistoryLine])
 
 def _columns(user_events: pd.DataFrame | EventColumns) -> EventColumns:
     return user_events if isinstance(user_events, EventColumns) else EventColumns.of(user_events)
-
-
-def fit_history(
-    user_events: pd.DataFrame | EventColumns,
-    lines: list[HistoryLine],
-    measure: Callable[[list[HistoryLine]], int],
-    budget: int,
-    max_events: int,
-) -> list[HistoryLine]:
-    """The subset of ``lines`` whose prompt (as counted by ``measure``) fits ``budget`` tokens."""
-    priority = keep_priority(user_events)[:max_events]
-    kept = fit_to_budget(len(priority), priority, lambda rows: measure([lines[i] for i in rows]), budget)
-    return [lines[i] for i in kept]
 
 
 def consumed_items(user_events: pd.DataFrame | EventColumns) -> list[str]:

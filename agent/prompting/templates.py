@@ -46,6 +46,7 @@ from agent.prompting.lines import (  # re-exported: the line models are part of 
     compact_filter,
     tojson_filter,
 )
+from agent.prompting.tables import candidate_table, history_tables
 
 BUILTIN_TEMPLATE_DIR = (
     Path(__file__).parents[1] / "templates"
@@ -73,6 +74,9 @@ class ProfileInputs(BaseModel):
 
 class RecommendInputs(BaseModel):
     domain: Domain = Field(default_factory=Domain)
+    behaviors: list[str] = Field(default_factory=list)
+    """The catalog's behavior names, shown before the history as in the profile prompt (so both
+    prompts of one user start with the same text and provider prompt caching applies)."""
     profile: dict[str, Any] | None
     history: list[HistoryLine]
     total_events: int
@@ -233,6 +237,8 @@ class PromptRenderer:
         self._env.policies["json.dumps_kwargs"] = dict(JSON_DUMPS_KWARGS)
         self._env.filters["compact"] = compact_filter
         self._env.filters["tojson"] = tojson_filter
+        self._env.filters["history_tables"] = history_tables
+        self._env.filters["candidate_table"] = candidate_table
         self._versions: dict[tuple[tuple[str, int, int], ...], str] = {}
 
     def _path(self, filename: str) -> tuple[Path, os.stat_result]:
@@ -300,8 +306,7 @@ class PromptRenderer:
     ) -> RenderedPrompt:
         """``render`` for inputs already dumped (``model_dump(mode="json")``), unchecked.
 
-        For callers that render the same lines many times (``agent.prompting.fit``): list
-        elements may be ``DumpedLine``s. ``version``, if given, must be ``self.version(name)``
+        ``version``, if given, must be ``self.version(name)``
         as the caller just read it.
         """
         token = _RENDER_DEADLINE.set(time.monotonic() + self.render_timeout_s)

@@ -288,20 +288,6 @@ def count_encoded(encoding: tiktoken.Encoding, text: str) -> int:
     return total + _count_piece(encoding, text[start:])
 
 
-def count_lines(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]:
-    """``[count_encoded(encoding, text) for text in texts]`` for lines (texts without a "\\n"
-    but maybe a last one), with less overhead: each is the sum of its clauses' cached counts
-    (see ``_count_clauses``), and the lines themselves are not cached."""
-    if pretokenizer_kind(encoding) is None:
-        return [count_encoded(encoding, text) for text in texts]
-    return [
-        _count_clauses(encoding, text)
-        if text.find("\n", 0, len(text) - 1) < 0
-        else count_encoded(encoding, text)
-        for text in texts
-    ]
-
-
 def _count_piece(encoding: tiktoken.Encoding, text: str) -> int:
     if len(text) > MAX_CACHED_PIECE:
         return _count_clauses(encoding, text)
@@ -359,17 +345,18 @@ def longest_fitting_prefix(n_items: int, measure: Callable[[int], int], budget: 
     """How many of ``n_items`` priority-ordered rows to keep so that ``measure(k) <= budget``.
 
     ``measure(k)`` is the prompt's tokens with the first ``k`` rows. The search probes
-    ``measure(0)``, ``measure(n_items)`` and then bisects (O(log n) probes): it returns a
-    ``k`` with ``measure(k) <= budget`` and ``measure(k + 1) > budget``, the longest fitting
-    prefix whenever ``measure`` grows with ``k``. The probe sequence is part of the promise:
-    prompts (and cassette keys) depend on it. Raises ``ConfigError`` if even zero rows exceed
-    the budget, so the budget is never exceeded silently.
+    ``measure(n_items)`` (all rows fit: one probe, the usual case), then ``measure(0)``, then
+    bisects (O(log n) probes): it returns a ``k`` with ``measure(k) <= budget`` and
+    ``measure(k + 1) > budget``, the longest fitting prefix whenever ``measure`` grows with
+    ``k``. The bisection's probe sequence is part of the promise: prompts (and cassette keys)
+    depend on it. Raises ``ConfigError`` if even zero rows exceed the budget, so the budget is
+    never exceeded silently.
     """
-    if measure(0) > budget:
-        raise ConfigError(f"prompt budget of {budget} tokens is too small even for an empty history")
     low, high = 0, n_items  # invariant: keeping `low` rows fits
     if measure(high) <= budget:
         return high
+    if measure(0) > budget:
+        raise ConfigError(f"prompt budget of {budget} tokens is too small even for an empty history")
     while high - low > 1:
         mid = (low + high) // 2
         if measure(mid) <= budget:

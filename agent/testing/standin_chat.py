@@ -24,7 +24,6 @@ from typing import Any
 from agent.testing import standin_model
 from agent.testing.loopback import Reply
 
-_BLOCK = re.compile(r'<data name="(?P<name>\w+)"(?P<attrs>[^>]*)>\n(?P<body>.*?)</data>', re.S)
 _KIND = re.compile(r'kind="(\w+)"')
 _ORDINALS = {
     "first": 1,
@@ -54,15 +53,9 @@ _REQUEST = re.compile(
 
 
 def parse(user_message: str) -> tuple[dict[str, list[Any]], dict[str, str]]:
-    """The JSON lines of each data block, and each block's ``kind`` attribute if any."""
-    blocks: dict[str, list[Any]] = {}
-    kinds: dict[str, str] = {}
-    for match in _BLOCK.finditer(user_message):
-        lines = [line for line in match.group("body").splitlines() if line.strip()]
-        blocks[match.group("name")] = [json.loads(line) for line in lines]
-        kind = _KIND.search(match.group("attrs"))
-        if kind:
-            kinds[match.group("name")] = kind.group(1)
+    """The rows of each data block, and each block's ``kind`` attribute if any."""
+    blocks, attrs = standin_model.parse_data_blocks(user_message)
+    kinds = {name: kind.group(1) for name, text in attrs.items() if (kind := _KIND.search(text))}
     return blocks, kinds
 
 

@@ -19,16 +19,38 @@ from typing import Any
 
 from agent.data.behaviors import behavior_weight
 
-_BLOCK = re.compile(r'<data name="(?P<name>\w+)"[^>]*>\n(?P<body>.*?)</data>', re.S)
+_BLOCK = re.compile(r'<data name="(?P<name>\w+)"(?P<attrs>[^>]*)>\n(?P<body>.*?)</data>', re.S)
+_COLUMNS = re.compile(r'columns="([^"]*)"')
+_ITEM_FIELDS = ("title", "category", "price")
+
+
+def parse_data_blocks(user_message: str) -> tuple[dict[str, list[Any]], dict[str, str]]:
+    """The rows of each ``<data name=...>`` block in a rendered user message, and its attributes.
+
+    A block with a ``columns`` attribute holds JSON arrays: each becomes a dict of its columns.
+    History rows get their item's title, category and price from the ``items`` block (the
+    compact history states them once), so they read like full events.
+    """
+    blocks: dict[str, list[Any]] = {}
+    attrs: dict[str, str] = {}
+    for match in _BLOCK.finditer(user_message):
+        rows = [json.loads(line) for line in match.group("body").splitlines() if line.strip()]
+        columns = _COLUMNS.search(match.group("attrs"))
+        if columns:
+            names = columns.group(1).split(", ")
+            rows = [dict(zip(names, row, strict=True)) for row in rows]
+        blocks[match.group("name")] = rows
+        attrs[match.group("name")] = match.group("attrs")
+    items = {row["item_id"]: row for row in blocks.get("items", [])}
+    for event in blocks.get("history", []):
+        known = items.get(event.get("item_id"), {})
+        event.update({name: known[name] for name in _ITEM_FIELDS if name in known and name not in event})
+    return blocks, attrs
 
 
 def parse_blocks(user_message: str) -> dict[str, list[Any]]:
-    """The JSON lines of each ``<data name=...>`` block in a rendered user message."""
-    blocks: dict[str, list[Any]] = {}
-    for match in _BLOCK.finditer(user_message):
-        lines = [line for line in match.group("body").splitlines() if line.strip()]
-        blocks[match.group("name")] = [json.loads(line) for line in lines]
-    return blocks
+    """The rows of each data block (see ``parse_data_blocks``)."""
+    return parse_data_blocks(user_message)[0]
 
 
 def _weights(history: list[dict[str, Any]]) -> tuple[Counter[str], dict[str, list[str]]]:
