@@ -22,8 +22,8 @@ keeps every outcome in the directory's ``Ledger``. Promises:
   failed), so the provider has processed the prefix the two prompts share and bills it at
   the cached price (``agent.llm.prompt_cache``). Each worker sends one user's requests in
   turn while the other workers keep the pipeline full with other users.
-* **Flat memory**: users are prepared one at a time into a bounded queue (``2 *
-  concurrency`` users) and every outcome goes straight to the ledger, so what the runner
+* **Flat memory**: users are prepared one at a time into a bounded queue (about ``2 *
+  concurrency`` requests, as one chain per user; each worker holds one user's chain) and every outcome goes straight to the ledger, so what the runner
   holds is bounded by the concurrency, not by the number of users: only the list of user
   ids (one reference each) grows with them. Request keys are pseudonymized without keeping
   a reverse map, and a user leaves the in-flight count once all its tasks are settled
@@ -327,7 +327,9 @@ class _Run:
         self.users = len(users)
         self.snapshot.total = len(users) * len(self.settings.tasks)
         generation = self.ledger.new_generation()
-        queue: asyncio.Queue[list[Planned] | None] = asyncio.Queue(maxsize=2 * self.settings.concurrency)
+        # chains of one user's requests, about 2 x concurrency requests in all
+        depth = max(1, 2 * self.settings.concurrency // len(self.settings.tasks))
+        queue: asyncio.Queue[list[Planned] | None] = asyncio.Queue(maxsize=depth)
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.settings.concurrency)]
         try:
             for chain in self._chains(users, generation):
@@ -335,6 +337,7 @@ class _Run:
                     break
                 if chain:
                     await queue.put(chain)
+                del chain  # the worker's now
                 await asyncio.sleep(0)  # let replies be handled between users (done ones too)
         except BaseException:  # interrupted (Ctrl-C, cancellation) or a bug: send nothing more
             self.stopped = self.stopped or "interrupted"
@@ -385,9 +388,8 @@ class _Run:
         prefix the two share is in its cache (``agent.llm.prompt_cache``). The other workers
         keep the pipeline full with other users' requests meanwhile."""
         while (chain := await queue.get()) is not None:
-            for item in chain:
-                if self.stopped:  # once stopped, queued requests stay pending for the next run
-                    break
+            while chain and not self.stopped:  # once stopped, the rest stay pending for the next run
+                item = chain.pop(0)  # a settled request is not held on to
                 try:
                     await self._send(item)
                 except Exception as exc:  # a bug, the ledger's disk, the progress callback: stop
@@ -395,6 +397,7 @@ class _Run:
                     # is never left waiting on a full queue that nobody empties
                     self.crash = self.crash or exc
                     self.stopped = self.stopped or "crashed"
+                del item
 
     async def _ask(self, item: Planned) -> Any:
         """One model call under the learned completion cap; a reply cut by the cap is asked once
