@@ -546,7 +546,7 @@ async def run_batch(
 
 # -- dry run -------------------------------------------------------------------------------------
 @dataclass
-class _Planned:
+class _CacheRow:
     """What the dry run keeps of one planned request (a few numbers, not its prompt)."""
 
     task: str
@@ -581,7 +581,7 @@ class _CacheEstimate:
         self.first_of: dict[str, tuple[dict[bool, str], list[int]]] = {}
         self.user: str | None = None
         self.user_earlier: list[tuple[dict[bool, str], list[int]]] = []
-        self.rows: list[_Planned] = []
+        self.rows: list[_CacheRow] = []
 
     def add(self, user_id: str, task: str, body: Mapping[str, Any]) -> int:
         """Record one request (in the order they are sent); returns its prompt tokens."""
@@ -601,7 +601,7 @@ class _CacheEstimate:
         if first_task:
             self.first_of[task] = (keys, tokens)
         self.rows.append(
-            _Planned(
+            _CacheRow(
                 task,
                 len(tokens),
                 own={m: max((shared(e, m) for e in self.user_earlier), default=0) for m in self.MODES},
