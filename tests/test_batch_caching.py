@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +26,7 @@ from agent.prompting.tokens import PriceTable, count_messages
 from agent.recommender import PreparedRequest, RecommenderAgent
 from agent.testing.loopback import LoopbackServer, Reply
 from agent.testing.standin_model import respond
-from tests.conftest import SAMPLE
+from tests.conftest import ROOT, SAMPLE
 
 USERS = [f"u{n:03d}" for n in range(1, 9)]
 MODEL = "gpt-4.1-mini"
@@ -254,3 +256,23 @@ def test_the_dry_run_learns_completion_sizes_from_the_ledger(
     estimate = dry_run(shared_agent, config_for(), settings)
     assert estimate["requests"] == 2 and estimate["already_done"] == 2 * len(USERS)
     assert estimate["completion_tokens_source"] == {"profile": "ledger mean", "recommend": "ledger mean"}
+
+
+# -- the scripts ---------------------------------------------------------------------------------
+def _script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_export_refuses_the_repository_and_bench_cost_skips_without_the_dataset(tmp_path: Path) -> None:
+    inside = _script("export_dataset.py", "ml-100k", str(ROOT / "tmp-export"), "--datasets", str(tmp_path))
+    assert inside.returncode == 3 and "no dataset" in inside.stderr  # absent first
+    (tmp_path / "ml-100k").mkdir()
+    inside = _script("export_dataset.py", "ml-100k", str(ROOT / "tmp-export"), "--datasets", str(tmp_path))
+    assert inside.returncode == 2 and "inside the repository" in inside.stderr
+    assert not (ROOT / "tmp-export").exists()
+    docs = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    skipped = _script("bench_cost.py", "--datasets", str(tmp_path / "none"), "--write-docs")
+    assert skipped.returncode == 0 and "skipped" in skipped.stderr
+    assert (ROOT / "docs" / "BENCHMARKS.md").read_text() == docs
