@@ -91,7 +91,7 @@ def section(result: dict[str, Any], commands: list[str], seconds: float) -> str:
         ),
         (
             "cost per 1,000 users, synchronous, no caching (upper bound)",
-            _usd(result["cost_usd_expected_no_cache"] * 1000 / users),
+            _usd(result["cost_usd_per_1k_users_no_cache"]),
         ),
         (
             "cost per 1,000 users, Batch API (half price, no caching)",

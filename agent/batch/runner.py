@@ -694,6 +694,7 @@ def dry_run(
     completion = round(completion_expected)
     completion_max = requests * config.max_completion_tokens
     cost = prices.cost(config.model, prompt_tokens, completion, cached)
+    no_cache = prices.cost(config.model, prompt_tokens, completion)
     batch_cost = prices.cost(config.model, prompt_tokens, completion, batch=True)
     per_1k = 1000 / len(users) if users else 0.0
     return {
@@ -717,10 +718,11 @@ def dry_run(
         },
         "completion_tokens_max": completion_max,
         "cost_usd_expected": round(cost, 4),
-        "cost_usd_expected_no_cache": round(prices.cost(config.model, prompt_tokens, completion), 4),
+        "cost_usd_expected_no_cache": round(no_cache, 4),
         "cost_usd_max": round(prices.cost(config.model, prompt_tokens, completion_max), 4),
         "cost_usd_expected_batch_api": round(batch_cost, 4),
         "cost_usd_per_1k_users_expected": round(cost * per_1k, 4),
+        "cost_usd_per_1k_users_no_cache": round(no_cache * per_1k, 4),
         "cost_usd_per_1k_users_batch_api": round(batch_cost * per_1k, 4),
         "cache_rules": {
             "min_tokens": cache_policy.min_tokens,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.prompting.tokens import count_text
+from agent.prompting.tokens import encoding_for
 from agent.ranking.replies import ReplyContext
 
 TYPICAL_REASON_WORDS = 18
@@ -104,6 +104,7 @@ def typical_reply(context: ReplyContext) -> dict[str, Any]:
 
 
 def typical_completion_tokens(context: ReplyContext, model: str) -> int:
-    """Tokens of ``typical_reply(context)`` as compact JSON, in ``model``'s encoding."""
+    """Tokens of ``typical_reply(context)`` as compact JSON, in ``model``'s encoding (encoded
+    directly: each reply is new, so the token-count caches would only fill up with them)."""
     text = json.dumps(typical_reply(context), separators=(",", ":"), ensure_ascii=False)
-    return count_text(text, model)
+    return len(encoding_for(model).encode(text, disallowed_special=()))
