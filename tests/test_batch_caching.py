@@ -276,3 +276,38 @@ def test_export_refuses_the_repository_and_bench_cost_skips_without_the_dataset(
     skipped = _script("bench_cost.py", "--datasets", str(tmp_path / "none"), "--write-docs")
     assert skipped.returncode == 0 and "skipped" in skipped.stderr
     assert (ROOT / "docs" / "BENCHMARKS.md").read_text() == docs
+
+
+def test_the_batch_api_collector_reads_cached_tokens_and_prices_them_at_the_cached_rate(
+    agent: RecommenderAgent, tmp_path: Path
+) -> None:
+    import openai
+
+    from agent.batch import openai_batch
+    from agent.testing.loopback import BatchConfig
+
+    users = USERS[:2]
+    openai_batch.prepare(agent, config_for(), BatchSettings(out_dir=tmp_path, users=users))
+
+    def answer(body: dict[str, Any]) -> Reply:
+        return Reply(content=respond(body), prompt_tokens=2000, completion_tokens=300, cached_tokens=1152)
+
+    with LoopbackServer(responder=answer, batch=BatchConfig(polls_to_complete=1)) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="not-a-key", max_retries=0)
+        try:
+            openai_batch.submit(client, tmp_path)
+            collected: dict[str, Any] = {"results": 0}
+            for _ in range(5):  # bounded polling; the server completes after one poll
+                collected = openai_batch.collect(client, tmp_path)
+                if collected["results"] == 2 * len(users):
+                    break
+        finally:
+            client.close()
+    requests = 2 * len(users)
+    assert collected["results"] == requests
+    assert collected["this_collect_cached_tokens"] == 1152 * requests
+    one = PriceTable().cost(MODEL, 2000, 300, 1152, batch=True)
+    assert one < PriceTable().cost(MODEL, 2000, 300, batch=True)
+    assert collected["this_collect_cost_usd"] == pytest.approx(
+        one * requests, abs=1e-6
+    )  # rounded to 6 places
