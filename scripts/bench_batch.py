@@ -387,7 +387,8 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         agent = RecommenderAgent(events.frame, items.frame, None)
         config_model = LLMConfig(model=args.model, max_completion_tokens=args.max_completion_tokens)
         sample_users = list(agent.histories)[: args.overhead_users]
-        local_ms = overhead_ms(agent, config_model, sample_users, args.task)
+        tasks = tuple(args.task.split(","))
+        local_ms = overhead_ms(agent, config_model, sample_users, tasks[-1])
 
         parent, child = mp.Pipe()
         proc = mp.get_context("spawn").Process(
@@ -406,7 +407,7 @@ def single(args: argparse.Namespace, users: int) -> dict[str, Any]:
         )
         settings = BatchSettings(
             out_dir=Path(tmp) / "out",
-            tasks=(args.task,),
+            tasks=tasks,
             concurrency=args.concurrency,
             rpm=args.rpm,
             tpm=args.tpm,
@@ -547,8 +548,8 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) ->
         "completion tokens the client's limiter gave back after `x-ratelimit-remaining-tokens` "
         "showed the server charged actual usage.\n"
     )
-    cold = breakdown(args.task, args.model, args.max_completion_tokens)
-    warm = breakdown(args.task, args.model, args.max_completion_tokens)
+    cold = breakdown(args.task.split(",")[-1], args.model, args.max_completion_tokens)
+    warm = breakdown(args.task.split(",")[-1], args.model, args.max_completion_tokens)
 
     def steps(parts: dict[str, float]) -> str:
         listed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in parts.items() if name != "total")
@@ -703,7 +704,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--users", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--task", default="recommend", choices=("profile", "recommend"))
+    parser.add_argument(
+        "--task",
+        default="recommend",
+        choices=("profile", "recommend", "profile,recommend"),
+        help="the task(s) of each user; profile,recommend sends both (the recommend after the profile's reply)",
+    )
     parser.add_argument("--rpm", type=int, default=10_000)
     parser.add_argument("--tpm", type=int, default=300_000)
     parser.add_argument("--minute-s", type=float, default=6.0)

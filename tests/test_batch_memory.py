@@ -37,9 +37,10 @@ CONCURRENCY = 4
 TASKS = ("profile", "recommend")
 N = 60
 """Users in the first half of the run; a per-user leak shows up as about N objects."""
-IN_FLIGHT_BOUND = 3 * CONCURRENCY + 1
-"""Requests the runner may hold: the queue (2 x concurrency), one per worker, the one being
-planned. Independent of the number of users."""
+IN_FLIGHT_BOUND = 2 * CONCURRENCY + CONCURRENCY * len(TASKS) + len(TASKS)
+"""Requests the runner may hold: the queue (2 x concurrency requests, as chains of one user's
+tasks), one user's chain per worker (its tasks are sent in turn), the user being planned.
+Independent of the number of users."""
 OPEN_USERS_BOUND = IN_FLIGHT_BOUND + 1
 """Users with an unsettled task: one per request held, plus one whose other task is settled."""
 RUNNER_TYPES = (Planned, PreparedRequest, StructuredReply, RecommendationResult, ProfileResult, asyncio.Task)

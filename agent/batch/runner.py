@@ -17,8 +17,13 @@ keeps every outcome in the directory's ``Ledger``. Promises:
   ``max_completion_tokens`` at list price) before it is sent; when the next one would pass
   the budget, nothing more is sent and the run stops with ``BudgetExceededError``. The
   budget covers everything this directory has spent, earlier runs included.
-* **Flat memory**: users are prepared one at a time into a bounded queue (``2 *
-  concurrency`` requests) and every outcome goes straight to the ledger, so what the runner
+* **A user's tasks in order**: a user's later task (recommend after profile, in the order
+  of ``tasks``) is sent only after the earlier one's reply has arrived (or it finally
+  failed), so the provider has processed the prefix the two prompts share and bills it at
+  the cached price (``agent.llm.prompt_cache``). Each worker sends one user's requests in
+  turn while the other workers keep the pipeline full with other users.
+* **Flat memory**: users are prepared one at a time into a bounded queue (about ``2 *
+  concurrency`` requests, as one chain per user; each worker holds one user's chain) and every outcome goes straight to the ledger, so what the runner
   holds is bounded by the concurrency, not by the number of users: only the list of user
   ids (one reference each) grows with them. Request keys are pseudonymized without keeping
   a reverse map, and a user leaves the in-flight count once all its tasks are settled
@@ -35,7 +40,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +49,14 @@ import httpx2
 from agent import errors
 from agent.batch.budget import CompletionBudget
 from agent.batch.ledger import FAILURES_FILE, RESULTS_FILE, Ledger
+from agent.batch.typical_reply import typical_completion_tokens
 from agent.data.privacy import Pseudonymizer
 from agent.llm.async_client import AsyncChatClient
 from agent.llm.client import LLMConfig, build_request_body
+from agent.llm.prompt_cache import OPENAI as OPENAI_CACHE
+from agent.llm.prompt_cache import CachePolicy, common_prefix, prompt_tokens_of
 from agent.llm.ratelimit import BudgetGate, RateLimiter
-from agent.prompting.tokens import PriceTable, count_messages
+from agent.prompting.tokens import PriceTable
 from agent.recommender import PreparedRequest, RecommenderAgent, interpret_reply
 
 log = logging.getLogger(__name__)
@@ -57,8 +65,6 @@ CUSTOM_ID_HEADER = "X-Recagent-Custom-Id"
 TASKS = ("profile", "recommend")
 FATAL = (errors.QuotaExceededError, errors.AuthenticationError, errors.CassetteMissError)
 """Failures of the account or set-up, not of one request: they stop the run."""
-TYPICAL_COMPLETION_TOKENS = {"profile": 350, "recommend_per_item": 45}
-"""Dry-run guess of reply sizes when the ledger has no finished requests to learn from."""
 
 
 # -- keys, shards, users -----------------------------------------------------------------------
@@ -321,26 +327,18 @@ class _Run:
         self.users = len(users)
         self.snapshot.total = len(users) * len(self.settings.tasks)
         generation = self.ledger.new_generation()
-        queue: asyncio.Queue[Planned | None] = asyncio.Queue(maxsize=2 * self.settings.concurrency)
+        # chains of one user's requests, about 2 x concurrency requests in all
+        depth = max(1, 2 * self.settings.concurrency // len(self.settings.tasks))
+        queue: asyncio.Queue[list[Planned] | None] = asyncio.Queue(maxsize=depth)
         workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.settings.concurrency)]
         try:
-            for item in self.planner.plan(users):
+            for chain in self._chains(users, generation):
                 if self.stopped:
                     break
-                self._open_tasks.setdefault(item.user_id, len(self.settings.tasks))
-                entry = self.ledger.plan(item.custom_id, item.user_id, item.task, generation)
-                if entry.status == "done":
-                    self._finished(item.user_id, "skipped")
-                elif entry.status == "submitted":  # in flight in a Batch API batch: never pay twice
-                    self._finished(item.user_id, "in_batch_api")
-                elif entry.status == "failed" and entry.attempts >= self.settings.max_attempts:
-                    self._finished(item.user_id, "failed")
-                elif item.error is not None:
-                    self.ledger.record_failed(item.custom_id, error_record(item.error), errors.Usage())
-                    self._finished(item.user_id, "failed")
-                else:
-                    await queue.put(item)
-                await asyncio.sleep(0)  # let replies be handled between users
+                if chain:
+                    await queue.put(chain)
+                del chain  # the worker's now
+                await asyncio.sleep(0)  # let replies be handled between users (done ones too)
         except BaseException:  # interrupted (Ctrl-C, cancellation) or a bug: send nothing more
             self.stopped = self.stopped or "interrupted"
             for worker in workers:
@@ -354,17 +352,52 @@ class _Run:
         if self.crash is not None:
             raise self.crash
 
-    async def _worker(self, queue: asyncio.Queue[Planned | None]) -> None:
-        while (item := await queue.get()) is not None:
-            if self.stopped:  # once stopped, queued requests stay pending for the next run
-                continue
-            try:
-                await self._send(item)
-            except Exception as exc:  # a bug, the ledger's disk, the progress callback: stop the
-                # run and re-raise at its end; this worker keeps draining, so the planner is never
-                # left waiting on a full queue that nobody empties
-                self.crash = self.crash or exc
-                self.stopped = self.stopped or "crashed"
+    def _chains(self, users: Sequence[str], generation: int) -> Iterator[list[Planned]]:
+        """Per user, the requests to send, in task order (one chain per user; maybe empty).
+
+        Requests that need no sending (done, in a Batch API batch, out of attempts,
+        unusable) are settled here; the rest go to one worker as a chain.
+        """
+        chain: list[Planned] = []
+        current: str | None = None
+        for item in self.planner.plan(users):
+            if item.user_id != current:
+                if current is not None:
+                    yield chain
+                chain, current = [], item.user_id
+            if self.stopped:
+                break
+            self._open_tasks.setdefault(item.user_id, len(self.settings.tasks))
+            entry = self.ledger.plan(item.custom_id, item.user_id, item.task, generation)
+            if entry.status == "done":
+                self._finished(item.user_id, "skipped")
+            elif entry.status == "submitted":  # in flight in a Batch API batch: never pay twice
+                self._finished(item.user_id, "in_batch_api")
+            elif entry.status == "failed" and entry.attempts >= self.settings.max_attempts:
+                self._finished(item.user_id, "failed")
+            elif item.error is not None:
+                self.ledger.record_failed(item.custom_id, error_record(item.error), errors.Usage())
+                self._finished(item.user_id, "failed")
+            else:
+                chain.append(item)
+        yield chain
+
+    async def _worker(self, queue: asyncio.Queue[list[Planned] | None]) -> None:
+        """Sends one user's chain at a time, each request after the previous one's reply has
+        arrived (or finally failed): the provider has then processed the earlier prompt, so a
+        prefix the two share is in its cache (``agent.llm.prompt_cache``). The other workers
+        keep the pipeline full with other users' requests meanwhile."""
+        while (chain := await queue.get()) is not None:
+            while chain and not self.stopped:  # once stopped, the rest stay pending for the next run
+                item = chain.pop(0)  # a settled request is not held on to
+                try:
+                    await self._send(item)
+                except Exception as exc:  # a bug, the ledger's disk, the progress callback: stop
+                    # the run and re-raise at its end; this worker keeps draining, so the planner
+                    # is never left waiting on a full queue that nobody empties
+                    self.crash = self.crash or exc
+                    self.stopped = self.stopped or "crashed"
+                del item
 
     async def _ask(self, item: Planned) -> Any:
         """One model call under the learned completion cap; a reply cut by the cap is asked once
@@ -512,43 +545,158 @@ async def run_batch(
 
 
 # -- dry run -------------------------------------------------------------------------------------
+@dataclass
+class _CacheRow:
+    """What the dry run keeps of one planned request (a few numbers, not its prompt)."""
+
+    task: str
+    prompt_tokens: int
+    own: dict[bool, int]
+    """By ``schema_in_prefix``: tokens shared with the same user's earlier request."""
+    first_all: dict[bool, int]
+    """By ``schema_in_prefix``: tokens shared with the run's first request."""
+    first_task: dict[bool, int]
+    """By ``schema_in_prefix``: tokens shared with the first request of its task."""
+    order: tuple[bool, bool]
+    """(first request of the run, first request of its task)."""
+
+
+class _CacheEstimate:
+    """Expected cached prompt tokens of a run's requests under ``policy`` (see ``dry_run``).
+
+    A request can hit (a) the same user's earlier request, which the runner sends and
+    gets a reply to first, and (b) the prefix every request of its task (or of the whole run)
+    shares, warmed by the first such request. Each prompt is encoded once; per request only
+    a few prefix lengths are kept, and (b) is the shortest prefix shared with the first
+    request (of the run, of the task) over all requests, known at the end.
+    """
+
+    MODES = (True, False)
+    """``schema_in_prefix`` as the provider does it, and as if the schema were static."""
+
+    def __init__(self, policy: CachePolicy, model: str) -> None:
+        self.policy, self.model = policy, model
+        self.keyers = {mode: replace(policy, schema_in_prefix=mode) for mode in self.MODES}
+        self.first: tuple[dict[bool, str], list[int]] | None = None
+        self.first_of: dict[str, tuple[dict[bool, str], list[int]]] = {}
+        self.user: str | None = None
+        self.user_earlier: list[tuple[dict[bool, str], list[int]]] = []
+        self.rows: list[_CacheRow] = []
+
+    def add(self, user_id: str, task: str, body: Mapping[str, Any]) -> int:
+        """Record one request (in the order they are sent); returns its prompt tokens."""
+        tokens = prompt_tokens_of(body["messages"], self.model)
+        keys = {mode: keyer.key(body) for mode, keyer in self.keyers.items()}
+        if user_id != self.user:
+            self.user, self.user_earlier = user_id, []
+
+        def shared(other: tuple[dict[bool, str], list[int]] | None, mode: bool) -> int:
+            if other is None or other[0][mode] != keys[mode]:
+                return 0
+            return common_prefix(tokens, other[1])
+
+        first_all, first_task = self.first is None, task not in self.first_of
+        if first_all:
+            self.first = (keys, tokens)
+        if first_task:
+            self.first_of[task] = (keys, tokens)
+        self.rows.append(
+            _CacheRow(
+                task,
+                len(tokens),
+                own={m: max((shared(e, m) for e in self.user_earlier), default=0) for m in self.MODES},
+                first_all={m: shared(self.first, m) for m in self.MODES},
+                first_task={m: shared(self.first_of[task], m) for m in self.MODES},
+                order=(first_all, first_task),
+            )
+        )
+        self.user_earlier.append((keys, tokens))
+        return len(tokens)
+
+    def cached(self, mode: bool) -> int:
+        """Expected cached tokens of all requests; ``mode`` is ``schema_in_prefix``."""
+        if not self.rows:
+            return 0
+        static_all = min(row.first_all[mode] for row in self.rows)
+        static_task: dict[str, int] = {}
+        for row in self.rows:
+            static_task[row.task] = min(static_task.get(row.task, row.first_task[mode]), row.first_task[mode])
+        total = 0
+        for row in self.rows:
+            first_all, first_task = row.order
+            warm = 0 if first_all else static_all if first_task else max(static_task[row.task], static_all)
+            total += self.policy.cacheable(max(row.own[mode], warm), row.prompt_tokens)
+        return total
+
+
 def dry_run(
-    agent: RecommenderAgent, config: LLMConfig, settings: BatchSettings, *, prices: PriceTable | None = None
+    agent: RecommenderAgent,
+    config: LLMConfig,
+    settings: BatchSettings,
+    *,
+    prices: PriceTable | None = None,
+    cache_policy: CachePolicy = OPENAI_CACHE,
 ) -> dict[str, Any]:
     """What a run would send and cost, without calling anything or writing anything.
 
-    Prompt tokens are counted with tiktoken; completion tokens are the average of this
-    directory's finished requests when there are any, else a typical reply size. Costs
-    assume no prompt caching (an upper bound on the prompt side).
+    * **Prompt tokens** are exact for the model's encoding (each prompt encoded once).
+    * **Cached prompt tokens** follow the provider's rules as ``agent.llm.prompt_cache``
+      models them (OpenAI's by default): per request, the longest prefix shared with the
+      same user's earlier request (the runner sends it after that one's reply) or with the
+      static prefix every request of its task (or of the run) shares, warmed by the first
+      one; at least 1,024 tokens, in steps of 128. The schema is part of the prefix, so
+      requests whose reply schemas differ share nothing;
+      ``cached_prompt_tokens_if_schema_static`` says what a request-independent schema would
+      allow. Entries are assumed to live through the run (they do for minutes).
+    * **Completion tokens** are the mean of this directory's finished requests of the task
+      when there are any, else a typical reply built per request from its schema and ids
+      (``agent.batch.typical_reply``).
+    * **Costs**: ``cost_usd_expected`` prices cached tokens at the cached price;
+      ``cost_usd_expected_no_cache`` is the upper bound without caching and
+      ``cost_usd_max`` adds every ``max_completion_tokens``. The Batch API figure assumes no
+      caching (a batch's requests are neither ordered nor timed).
     """
     prices = prices or PriceTable.from_env()
     planner = Planner(agent, config, settings)
     users = planner.users()
     ledger_path = Path(settings.out_dir) / "ledger.sqlite"
     ledger = Ledger(settings.out_dir, readonly=True) if ledger_path.is_file() else None
-    expected: dict[str, float] = {}
+    learnt: dict[str, float] = {}
     for task in settings.tasks:
-        learnt = ledger.mean_completion_tokens(task) if ledger else None
-        per_item = TYPICAL_COMPLETION_TOKENS["recommend_per_item"] * settings.k + 50
-        expected[task] = learnt[0] if learnt else float(TYPICAL_COMPLETION_TOKENS.get(task, per_item))
+        mean = ledger.mean_completion_tokens(task) if ledger else None
+        if mean:
+            learnt[task] = mean[0]
     requests = skipped = unusable = prompt_tokens = 0
     completion_expected = 0.0
+    per_task: dict[str, list[float]] = {task: [0, 0.0] for task in settings.tasks}
+    cache = _CacheEstimate(cache_policy, config.model)
     try:
         for item in planner.plan(users):
             entry = ledger.get(item.custom_id) if ledger else None
             if entry is not None and entry.status == "done":
                 skipped += 1
-            elif item.body is None:
+            elif item.body is None or item.prepared is None:
                 unusable += 1
             else:
                 requests += 1
-                prompt_tokens += count_messages(item.body["messages"], config.model)
-                completion_expected += min(expected[item.task], config.max_completion_tokens)
+                prompt_tokens += cache.add(item.user_id, item.task, item.body)
+                expected = learnt.get(item.task)
+                if expected is None:
+                    expected = typical_completion_tokens(item.prepared.context, config.model)
+                expected = min(expected, config.max_completion_tokens)
+                completion_expected += expected
+                per_task[item.task][0] += 1
+                per_task[item.task][1] += expected
     finally:
         if ledger is not None:
             ledger.close()
+    cached = cache.cached(cache_policy.schema_in_prefix)
+    completion = round(completion_expected)
     completion_max = requests * config.max_completion_tokens
-    cost = prices.cost(config.model, prompt_tokens, round(completion_expected))
+    cost = prices.cost(config.model, prompt_tokens, completion, cached)
+    no_cache = prices.cost(config.model, prompt_tokens, completion)
+    batch_cost = prices.cost(config.model, prompt_tokens, completion, batch=True)
+    per_1k = 1000 / len(users) if users else 0.0
     return {
         "dry_run": True,
         "model": config.model,
@@ -558,12 +706,28 @@ def dry_run(
         "already_done": skipped,
         "unusable": unusable,
         "prompt_tokens": prompt_tokens,
-        "completion_tokens_expected": round(completion_expected),
+        "cached_prompt_tokens_expected": cached,
+        "uncached_prompt_tokens": prompt_tokens - cached,
+        "cached_prompt_tokens_if_schema_static": cache.cached(False),
+        "completion_tokens_expected": completion,
+        "completion_tokens_expected_per_request": {
+            task: round(total / count, 1) if count else None for task, (count, total) in per_task.items()
+        },
+        "completion_tokens_source": {
+            task: "ledger mean" if task in learnt else "typical reply" for task in settings.tasks
+        },
         "completion_tokens_max": completion_max,
         "cost_usd_expected": round(cost, 4),
+        "cost_usd_expected_no_cache": round(no_cache, 4),
         "cost_usd_max": round(prices.cost(config.model, prompt_tokens, completion_max), 4),
-        "cost_usd_expected_batch_api": round(
-            prices.cost(config.model, prompt_tokens, round(completion_expected), batch=True), 4
-        ),
+        "cost_usd_expected_batch_api": round(batch_cost, 4),
+        "cost_usd_per_1k_users_expected": round(cost * per_1k, 4),
+        "cost_usd_per_1k_users_no_cache": round(no_cache * per_1k, 4),
+        "cost_usd_per_1k_users_batch_api": round(batch_cost * per_1k, 4),
+        "cache_rules": {
+            "min_tokens": cache_policy.min_tokens,
+            "increment": cache_policy.increment,
+            "schema_in_prefix": cache_policy.schema_in_prefix,
+        },
         "price_known": prices.price(config.model) is not None,
     }

@@ -29,10 +29,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 from agent.testing.loopback_batch import BatchConfig, BatchStore, parse_multipart
 from agent.testing.loopback_replies import (
@@ -61,6 +61,7 @@ __all__ = [
     "FaultPlan",
     "Limits",
     "LoopbackServer",
+    "PromptCache",
     "RecordedRequest",
     "Reply",
     "ScriptedResponder",
@@ -90,6 +91,14 @@ class Limits:
     the completion reservation given back when the reply is produced."""
 
 
+class PromptCache(Protocol):
+    """Simulated provider prompt caching (``agent.llm.prompt_cache.PrefixCache`` is one; the
+    test kit does not import it). ``serve`` returns the (prompt tokens, cached tokens) of a
+    request, counted in ``model``'s encoding, and remembers its prefixes from then on."""
+
+    def serve(self, body: dict[str, Any], model: str) -> tuple[int, int]: ...
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -106,6 +115,7 @@ class ServerStats:
     rate_limited: int = 0  # every 429 sent (injected or from limits)
     faults_injected: int = 0
     prompt_tokens: int = 0  # tokens of successful completions (chat + batch lines)
+    cached_tokens: int = 0  # of which reported as cached (with ``prompt_cache``)
     completion_tokens: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
 
@@ -259,6 +269,11 @@ class LoopbackServer:
     as servers without structured outputs do. ``drip_s`` > 0 sends every response body (chat,
     files, batches) one byte every ``drip_s`` seconds (headers at once), as a hostile or
     broken server might: per-read timeouts never fire, only a whole-request deadline ends it.
+    ``prompt_cache`` simulates the provider's prompt caching for chat completions: each
+    reply's ``prompt_tokens`` and ``prompt_tokens_details.cached_tokens`` are what it says
+    (exact counts, cached by the longest prefix served before; see ``PromptCache``), unless
+    the responder's ``Reply`` gives its own counts. A request's prefixes count as served once
+    its reply is produced, before the reply is sent.
     """
 
     def __init__(
@@ -272,6 +287,7 @@ class LoopbackServer:
         reject_json_schema: bool = False,
         models: Sequence[str] = (DEFAULT_MODEL,),
         batch: BatchConfig | None = None,
+        prompt_cache: PromptCache | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -289,6 +305,7 @@ class LoopbackServer:
         self.drip_s = drip_s
         self.reject_json_schema = reject_json_schema
         self.models = list(models)
+        self.prompt_cache = prompt_cache
         self.requests: list[RecordedRequest] = []
         self.stats = ServerStats()
         self.batches = BatchStore(self._complete_batch_line, batch)
@@ -445,7 +462,8 @@ class LoopbackServer:
             if stream:
                 return Answer(events=[f"data: {json.dumps(result)}\n\n".encode(), b"data: [DONE]\n\n"])
             return Answer.json(200, result)
-        completion = completion_body(Reply(result) if isinstance(result, str) else result, body)
+        reply = Reply(result) if isinstance(result, str) else result
+        completion = completion_body(self._cached(reply, body), body)
         self._count_tokens(completion)
         self._refund_unused(body, completion)
         if stream:
@@ -495,10 +513,20 @@ class LoopbackServer:
             self._stop.wait(fault.delay_s)  # close() wakes held requests
         return fault_answer(fault, body, stream)
 
+    def _cached(self, reply: Reply, body: dict[str, Any]) -> Reply:
+        """``reply`` with the prompt counts of the simulated prompt cache, if there is one."""
+        if self.prompt_cache is None or reply.prompt_tokens is not None:
+            return reply
+        prompt, cached = self.prompt_cache.serve(body, str(body.get("model") or DEFAULT_MODEL))
+        return replace(reply, prompt_tokens=prompt, cached_tokens=cached)
+
     def _count_tokens(self, completion: dict[str, Any]) -> None:
         usage = completion.get("usage") or {}
         with self._lock:
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.stats.cached_tokens += int(
+                (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            )
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
 
     def _complete_batch_line(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

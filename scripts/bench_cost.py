@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""What a batch run over the MovieLens-100K users costs, from the dry run (no model is called).
+
+    python scripts/bench_cost.py [--work /tmp/recagent-cost] [--model gpt-4o-mini] [--write-docs]
+
+Exports ML-100K from ``--datasets`` (``scripts/export_dataset.py``) into ``--work`` (never
+into the repository), runs ``recagent batch --dry-run`` over every user with both tasks and
+prints, and with ``--write-docs`` writes into docs/BENCHMARKS.md (between the ``cost``
+markers), the "Cost per 1,000 users" section: the exact commands, prompt / cached / uncached
+/ completion tokens per user and the cost per 1,000 users, synchronous (cached tokens at
+the cached price) and through the Batch API. How the cached tokens are expected is
+``agent/llm/prompt_cache.py``; the completion tokens, ``agent/batch/typical_reply.py``.
+
+Skips (exit 0, a message on stderr, docs untouched) when the dataset is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from export_dataset import DEFAULT_DATASETS, export  # noqa: E402
+
+START, END = "<!-- cost:start -->", "<!-- cost:end -->"
+
+
+def dry_run(events: Path, items: Path, out: Path, model: str) -> tuple[dict[str, Any], list[str], float]:
+    command = [
+        "recagent",
+        "batch",
+        "--events",
+        str(events),
+        "--items",
+        str(items),
+        "--out",
+        str(out),
+        "--dry-run",
+        "--model",
+        model,
+    ]
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.cli.main", *command[1:]],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return json.loads(done.stdout), command, time.perf_counter() - start
+
+
+def section(result: dict[str, Any], commands: list[str], seconds: float) -> str:
+    users = result["users"]
+
+    def per_user(key: str) -> str:
+        return f"{result[key] / users:,.0f}"
+
+    completion = result["completion_tokens_expected_per_request"]
+    rows = [
+        ("users × tasks", f"{users:,} × {', '.join(result['tasks'])} = {result['requests']:,} requests"),
+        ("prompt tokens per user", per_user("prompt_tokens")),
+        ("cached prompt tokens per user (expected)", per_user("cached_prompt_tokens_expected")),
+        ("uncached prompt tokens per user", per_user("uncached_prompt_tokens")),
+        (
+            "cached prompt tokens per user if the reply schema did not vary per request",
+            per_user("cached_prompt_tokens_if_schema_static"),
+        ),
+        (
+            "completion tokens per user (expected)",
+            per_user("completion_tokens_expected")
+            + " ("
+            + ", ".join(f"{task} {n:,.0f}" for task, n in completion.items())
+            + f" per request; {', '.join(sorted(set(result['completion_tokens_source'].values())))})",
+        ),
+        (
+            "cost per 1,000 users, synchronous (cached tokens at the cached price)",
+            _usd(result["cost_usd_per_1k_users_expected"]),
+        ),
+        (
+            "cost per 1,000 users, synchronous, no caching (upper bound)",
+            _usd(result["cost_usd_per_1k_users_no_cache"]),
+        ),
+        (
+            "cost per 1,000 users, Batch API (half price, no caching)",
+            _usd(result["cost_usd_per_1k_users_batch_api"]),
+        ),
+        (
+            "cost of the whole run, synchronous / Batch API",
+            f"{_usd(result['cost_usd_expected'])} / {_usd(result['cost_usd_expected_batch_api'])}",
+        ),
+        ("dry run wall time", f"{seconds:.1f} s"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    rules = result["cache_rules"]
+    return (
+        f"{START}\n### Cost per 1,000 users\n\n"
+        f"MovieLens-100K, every user, `{result['model']}` at list prices, from the dry run "
+        f"({date.today().isoformat()}; no model called). Commands:\n\n"
+        + "".join(f"    {command}\n" for command in commands)
+        + "\n| measure | value |\n|---|---|\n"
+        + table
+        + "\n\nPrompt tokens are exact (o200k). Cached tokens follow OpenAI's rules as "
+        f"`agent/llm/prompt_cache.py` models them (at least {rules['min_tokens']:,} tokens, steps of "
+        f"{rules['increment']}, the reply schema part of the prefix: {rules['schema_in_prefix']}): per "
+        "request, the prefix shared with the same user's earlier request (the runner sends it after "
+        "that reply) or with the static prefix of every request of its task. Completion tokens are a "
+        "typical reply per request built from its schema and ids (`agent/batch/typical_reply.py`) "
+        "until a run's ledger has finished requests. The Batch API figure assumes no caching.\n"
+        f"{END}"
+    )
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.4f}"
+
+
+def write_docs(text: str) -> None:
+    path = ROOT / "docs" / "BENCHMARKS.md"
+    current = path.read_text(encoding="utf-8")
+    if START in current and END in current:
+        before, rest = current.split(START, 1)
+        current = before + text + rest.split(END, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text(current, encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
+    parser.add_argument(
+        "--work", type=Path, default=Path("/tmp/recagent-cost"), help="outside the repository"
+    )
+    parser.add_argument("--model", default="gpt-4o-mini")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    try:
+        events, items = export("ml-100k", args.datasets, args.work / "ml-100k")
+    except FileNotFoundError as exc:
+        print(f"bench_cost: skipped ({exc})", file=sys.stderr)
+        return 0
+    out = args.work / "dry-run-out"  # never created: a dry run writes nothing
+    result, command, seconds = dry_run(events, items, out, args.model)
+    commands = [
+        shlex.join(["python", "scripts/export_dataset.py", "ml-100k", str(args.work / "ml-100k")]),
+        shlex.join(command),
+    ]
+    text = section(result, commands, seconds)
+    print(text)
+    if args.write_docs:
+        write_docs(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
