@@ -37,7 +37,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -142,6 +142,13 @@ class AgentConfig:
     bootstrap_orders: int = 1
     """Rank the candidates in this many shuffled orders (one model call each) and merge the
     rankings by Borda count, so no single input order decides (costs this many calls)."""
+    reply_schema: Literal["per_request", "shared"] = "per_request"
+    """``per_request``: each request's reply schema lists its own candidate and history ids as
+    enums, so a server that enforces schemas cannot return an invented id. ``shared``: one
+    schema for every profile and ranking request (``agent.prompting.schemas.AgentReply``), so
+    providers' prompt caching applies (OpenAI counts the schema as the start of the prompt;
+    one user's two requests then share schema, system message and history): cheaper input,
+    ids checked by grounding only. ``recagent batch --dry-run`` shows both costs."""
     cold_start: bool = True
     """Serve a user with no events popular (or query-matched) items marked ``cold_start``;
     False raises ``UnknownUserError`` for them instead."""
@@ -240,6 +247,7 @@ class RecommenderAgent:
             events_total=len(user_events),
             events_shown=len(kept),
             has_prices=self.catalog.has_prices,
+            shared_schema=self.config.reply_schema == "shared",
         )
         return PreparedRequest(prompt, context)
 
@@ -413,6 +421,7 @@ class RecommenderAgent:
             consumed=consumed_items(user_events),
             k=k,
             fusion=self.config.fusion,
+            shared_schema=self.config.reply_schema == "shared",
         )
         return PreparedRequest(prompt, context)
 

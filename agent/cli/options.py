@@ -43,6 +43,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="seconds for each whole request: connect, send and the full reply (default 60)",
     )
+    group.add_argument(
+        "--reply-schema",
+        choices=("per-request", "shared"),
+        default="per-request",
+        help="per-request (default): enums of each request's ids, invented ids impossible on servers "
+        "that enforce schemas; shared: one schema for all requests, so provider prompt caching applies "
+        "(cheaper input; ids checked by grounding only)",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--pretty", action="store_true", help="readable tables instead of JSON")
     out.add_argument(
@@ -292,6 +300,7 @@ def agent_config(args: argparse.Namespace) -> Any:
         fusion=fusion_weights(getattr(args, "fusion", "prior")),
         bootstrap_orders=bootstrap_orders(getattr(args, "bootstrap", 1)),
         retriever=retriever_settings(args),
+        reply_schema="shared" if getattr(args, "reply_schema", None) == "shared" else "per_request",
     )
 
 

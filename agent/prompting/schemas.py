@@ -109,6 +109,63 @@ class Recommendations(StrictModel):
     items: list[RankedItem]
 
 
+class AgentReply(StrictModel):
+    """One reply schema for both agent tasks: the shared alternative to per-request enums.
+
+    Providers cache prompt prefixes, and OpenAI counts the response schema as the start of
+    the prompt: with per-request schemas (``profile_model``, ``recommendations_model``, whose
+    enums list each request's ids) no two requests share a prefix, whatever their messages.
+    With this one schema for every profile and ranking request, one user's two requests share
+    schema, system message and history, and every request shares schema and system message
+    (``AgentConfig.reply_schema = "shared"``). The price: ids are no longer enums, so a server
+    that enforces schemas can no longer rule out invented ids; grounding
+    (``agent.ranking.grounding``) drops them, as it does for servers without strict schemas,
+    and reports the rate. ``shared_reply_model(task)`` requires the task's field.
+    """
+
+    model_config = ConfigDict(extra="forbid", title="AgentReply")
+
+    profile: BehaviorProfile | None = Field(
+        description="The behavior profile when the task is profile, else null."
+    )
+    ranking: Recommendations | None = Field(
+        description="The ranked candidates when the task is ranking, else null."
+    )
+
+    def answer(self) -> BehaviorProfile | Recommendations:
+        """The filled field (``shared_reply_model`` guarantees one)."""
+        answer = self.profile if self.profile is not None else self.ranking
+        if answer is None:
+            raise ValueError("an AgentReply with neither profile nor ranking")
+        return answer
+
+
+class _ProfileAgentReply(AgentReply):
+    @model_validator(mode="after")
+    def _requires_profile(self) -> _ProfileAgentReply:
+        if self.profile is None or self.ranking is not None:
+            raise ValueError("the task is profile: give 'profile' and set 'ranking' to null")
+        return self
+
+
+class _RankingAgentReply(AgentReply):
+    @model_validator(mode="after")
+    def _requires_ranking(self) -> _RankingAgentReply:
+        if self.ranking is None or self.profile is not None:
+            raise ValueError("the task is ranking: give 'ranking' and set 'profile' to null")
+        return self
+
+
+# Same name and title as AgentReply: the request body (schema and its name) must be identical
+# for both tasks, or providers see two prefixes; the validators above are not in the schema.
+_ProfileAgentReply.__name__ = _RankingAgentReply.__name__ = "AgentReply"
+
+
+def shared_reply_model(task: Literal["profile", "recommend"]) -> type[AgentReply]:
+    """The ``AgentReply`` schema, validating that the reply fills ``task``'s field only."""
+    return _ProfileAgentReply if task == "profile" else _RankingAgentReply
+
+
 CACHE_SIZE = 256
 """Per-request models kept per function, by id lists: covers the batch runner's plan-to-send
 window (queue of 2 x concurrency plus those in flight) and the sync path's repeated calls."""

@@ -27,7 +27,13 @@ from pydantic import BaseModel
 
 from agent import errors
 from agent.llm.client import StructuredReply
-from agent.prompting.schemas import BehaviorProfile, profile_model, recommendations_model
+from agent.prompting.schemas import (
+    AgentReply,
+    BehaviorProfile,
+    profile_model,
+    recommendations_model,
+    shared_reply_model,
+)
 from agent.prompting.templates import RenderedPrompt
 from agent.ranking.fusion import FusionWeights, RankedList, fuse
 from agent.ranking.grounding import GroundedRanking, ground
@@ -117,9 +123,14 @@ class ReplyContext(BaseModel):
     """recommend: the blend of model rank and retriever score; None keeps the model's order."""
     has_prices: bool = True
     """profile: False when the catalog has no prices; the profile then keeps no price facts."""
+    shared_schema: bool = False
+    """True: the reply schema is ``AgentReply``, the same for every request (prompt caching;
+    ``AgentConfig.reply_schema``); False: a per-request schema with enums of this request's ids."""
 
     def output_model(self) -> type[BaseModel]:
-        """The reply model, with enums of this request's ids."""
+        """The reply model: per-request enums of this request's ids, or the shared ``AgentReply``."""
+        if self.shared_schema:
+            return shared_reply_model(self.task)
         if self.task == "profile":
             return profile_model(self.history_ids)
         return recommendations_model(self.shown, self.history_ids)
@@ -148,7 +159,9 @@ def interpret_profile(context: ReplyContext, reply: StructuredReply[Any]) -> Pro
     For a catalog without prices (``context.has_prices`` False) the price facts are dropped
     (sensitivity ``unknown``, no range): whatever the model made of ratings or other values,
     it cannot be a price the user pays."""
-    profile = BehaviorProfile.model_validate(reply.value.model_dump())
+    profile = BehaviorProfile.model_validate(_answer(reply).model_dump())
+    if context.shared_schema:  # no enum kept evidence to the shown history: keep only what is
+        profile = _evidence_from(profile, set(context.history_ids))
     if not context.has_prices:
         profile = profile.model_copy(update={"patterns": profile.patterns.without_prices()})
     return ProfileResult(
@@ -188,12 +201,13 @@ def interpret_rankings(
     if any(c.user_id != context.user_id or c.candidates != context.candidates for c in contexts):
         raise ValueError("bootstrap replies must answer the same user and candidates")
     titles = {c.item_id: c.title for c in context.candidates}
-    grounded = [ground(reply.value, titles, context.consumed) for reply in replies]
+    answers = [_answer(reply) for reply in replies]
+    grounded = [ground(answer, titles, context.consumed) for answer in answers]
     orders = [g.item_ids for g in grounded]
     llm_order = orders[0] if len(orders) == 1 else borda(orders)
     placed: dict[str, Any] = {}  # item id -> the first reply item that placed it (reason, evidence)
-    for reply in replies:
-        for item in reply.value.items:
+    for answer in answers:
+        for item in getattr(answer, "items", None) or []:
             placed.setdefault(item.item_id, item)
 
     out = _fused(context, titles, llm_order, placed, grounded)
@@ -217,6 +231,27 @@ def interpret_rankings(
     )
 
 
+def _answer(reply: StructuredReply[Any]) -> Any:
+    """The task's reply: the value itself, or the filled field of a shared ``AgentReply``."""
+    return reply.value.answer() if isinstance(reply.value, AgentReply) else reply.value
+
+
+def _evidence_from(profile: BehaviorProfile, shown: set[str]) -> BehaviorProfile:
+    """``profile`` citing only ids of the shown history (what the per-request enum enforces)."""
+    return profile.model_copy(
+        update={
+            "interests": [
+                i.model_copy(update={"evidence": [e for e in i.evidence if e in shown]})
+                for i in profile.interests
+            ],
+            "dislikes": [
+                d.model_copy(update={"evidence": [e for e in d.evidence if e in shown]})
+                for d in profile.dislikes
+            ],
+        }
+    )
+
+
 def _fused(
     context: ReplyContext,
     titles: dict[str, str],
@@ -226,6 +261,7 @@ def _fused(
 ) -> list[Recommendation]:
     """The final ``context.k`` items: fused order, or the model's order back-filled."""
     k = context.k
+    shared, shown_ids = context.shared_schema, set(context.history_ids)  # evidence: shown history only
     reasons: dict[str, str] = {}
     for g in grounded:  # raw-text replies carry reasons in the grounding, not in items
         for item_id, reason in g.reasons.items():
@@ -239,7 +275,7 @@ def _fused(
             title=titles.get(item_id, item_id),
             score=score,
             reason=item.reason if item else reasons.get(item_id, ""),
-            evidence=[str(e) for e in item.evidence] if item else [],
+            evidence=[str(e) for e in item.evidence if not shared or str(e) in shown_ids] if item else [],
             source="llm",
         )
 

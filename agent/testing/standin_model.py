@@ -278,9 +278,13 @@ def respond(body: dict[str, Any]) -> str:
     history = blocks.get("history", [])
     if "reactions" in blocks:
         return json.dumps(refine_reply((blocks.get("profile") or [{}])[0] or {}, blocks["reactions"]))
+    # One schema for both tasks (AgentConfig.reply_schema "shared"): answer in its field.
+    shared = ((body.get("response_format") or {}).get("json_schema") or {}).get("name") == "AgentReply"
     if "candidates" in blocks:
         k_match = re.search(r"best (\d+) of", user)
         k = int(k_match.group(1)) if k_match else 10
         query = blocks.get("request", [None])[0]
-        return json.dumps(recommend_reply(history, blocks["candidates"], k, query))
-    return json.dumps(profile_reply(history))
+        ranking = recommend_reply(history, blocks["candidates"], k, query)
+        return json.dumps({"profile": None, "ranking": ranking} if shared else ranking)
+    profile = profile_reply(history)
+    return json.dumps({"profile": profile, "ranking": None} if shared else profile)
