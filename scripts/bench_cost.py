@@ -36,7 +36,13 @@ from export_dataset import DEFAULT_DATASETS, export  # noqa: E402
 START, END = "<!-- cost:start -->", "<!-- cost:end -->"
 
 
-def dry_run(events: Path, items: Path, out: Path, model: str) -> tuple[dict[str, Any], list[str], float]:
+SCHEMAS = ("per-request", "shared")
+"""``--reply-schema`` values compared: per-request enums (the default) and one shared schema."""
+
+
+def dry_run(
+    events: Path, items: Path, out: Path, model: str, reply_schema: str
+) -> tuple[dict[str, Any], list[str], float]:
     command = [
         "recagent",
         "batch",
@@ -49,6 +55,8 @@ def dry_run(events: Path, items: Path, out: Path, model: str) -> tuple[dict[str,
         "--dry-run",
         "--model",
         model,
+        "--reply-schema",
+        reply_schema,
     ]
     start = time.perf_counter()
     done = subprocess.run(
@@ -62,63 +70,62 @@ def dry_run(events: Path, items: Path, out: Path, model: str) -> tuple[dict[str,
     return json.loads(done.stdout), command, time.perf_counter() - start
 
 
-def section(result: dict[str, Any], commands: list[str], seconds: float) -> str:
-    users = result["users"]
+def section(results: dict[str, dict[str, Any]], commands: list[str], seconds: dict[str, float]) -> str:
+    first = results[SCHEMAS[0]]
+    users = first["users"]
 
-    def per_user(key: str) -> str:
-        return f"{result[key] / users:,.0f}"
+    def per_user(key: str) -> list[str]:
+        return [f"{results[s][key] / users:,.0f}" for s in SCHEMAS]
 
-    completion = result["completion_tokens_expected_per_request"]
-    rows = [
-        ("users × tasks", f"{users:,} × {', '.join(result['tasks'])} = {result['requests']:,} requests"),
+    def usd(key: str) -> list[str]:
+        return [_usd(results[s][key]) for s in SCHEMAS]
+
+    def completion(schema: str) -> str:
+        result = results[schema]
+        per_task = result["completion_tokens_expected_per_request"]
+        return (
+            f"{result['completion_tokens_expected'] / users:,.0f} ("
+            + ", ".join(f"{task} {n:,.0f}" for task, n in per_task.items())
+            + f" per request; {', '.join(sorted(set(result['completion_tokens_source'].values())))})"
+        )
+
+    rows: list[tuple[str, list[str]]] = [
         ("prompt tokens per user", per_user("prompt_tokens")),
         ("cached prompt tokens per user (expected)", per_user("cached_prompt_tokens_expected")),
         ("uncached prompt tokens per user", per_user("uncached_prompt_tokens")),
+        ("completion tokens per user (expected)", [completion(s) for s in SCHEMAS]),
         (
-            "cached prompt tokens per user if the reply schema did not vary per request",
-            per_user("cached_prompt_tokens_if_schema_static"),
-        ),
-        (
-            "completion tokens per user (expected)",
-            per_user("completion_tokens_expected")
-            + " ("
-            + ", ".join(f"{task} {n:,.0f}" for task, n in completion.items())
-            + f" per request; {', '.join(sorted(set(result['completion_tokens_source'].values())))})",
-        ),
-        (
-            "cost per 1,000 users, synchronous (cached tokens at the cached price)",
-            _usd(result["cost_usd_per_1k_users_expected"]),
+            "**cost per 1,000 users, synchronous** (cached tokens at the cached price)",
+            [f"**{v}**" for v in usd("cost_usd_per_1k_users_expected")],
         ),
         (
             "cost per 1,000 users, synchronous, no caching (upper bound)",
-            _usd(result["cost_usd_per_1k_users_no_cache"]),
+            usd("cost_usd_per_1k_users_no_cache"),
         ),
-        (
-            "cost per 1,000 users, Batch API (half price, no caching)",
-            _usd(result["cost_usd_per_1k_users_batch_api"]),
-        ),
-        (
-            "cost of the whole run, synchronous / Batch API",
-            f"{_usd(result['cost_usd_expected'])} / {_usd(result['cost_usd_expected_batch_api'])}",
-        ),
-        ("dry run wall time", f"{seconds:.1f} s"),
+        ("cost per 1,000 users, Batch API (half price, no caching)", usd("cost_usd_per_1k_users_batch_api")),
+        ("dry run wall time", [f"{seconds[s]:.1f} s" for s in SCHEMAS]),
     ]
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    rules = result["cache_rules"]
+    table = "\n".join(f"| {name} | {' | '.join(values)} |" for name, values in rows)
+    rules = first["cache_rules"]
     return (
         f"{START}\n### Cost per 1,000 users\n\n"
-        f"MovieLens-100K, every user, `{result['model']}` at list prices, from the dry run "
+        f"MovieLens-100K, all {users:,} users × {', '.join(first['tasks'])} "
+        f"({first['requests']:,} requests), `{first['model']}` at list prices, from the dry run "
         f"({date.today().isoformat()}; no model called). Commands:\n\n"
         + "".join(f"    {command}\n" for command in commands)
-        + "\n| measure | value |\n|---|---|\n"
+        + "\n| per user | `--reply-schema per-request` (default) | `--reply-schema shared` |\n|---|---|---|\n"
         + table
-        + "\n\nPrompt tokens are exact (o200k). Cached tokens follow OpenAI's rules as "
+        + "\n\nPrompt tokens are exact (o200k) and leave out the reply schema, which the provider "
+        "also reads. Cached tokens follow OpenAI's rules as "
         f"`agent/llm/prompt_cache.py` models them (at least {rules['min_tokens']:,} tokens, steps of "
         f"{rules['increment']}, the reply schema part of the prefix: {rules['schema_in_prefix']}): per "
         "request, the prefix shared with the same user's earlier request (the runner sends it after "
-        "that reply) or with the static prefix of every request of its task. Completion tokens are a "
-        "typical reply per request built from its schema and ids (`agent/batch/typical_reply.py`) "
-        "until a run's ledger has finished requests. The Batch API figure assumes no caching.\n"
+        "that reply) or with the static prefix of every request of its task. Per-request schemas list "
+        "each request's ids, so no two requests share a prefix; the shared schema lets a user's "
+        "recommend request reuse the system message and history of their profile request. "
+        "Completion tokens are a typical reply per request built from its schema and ids "
+        "(`agent/batch/typical_reply.py`) until a run's ledger has finished requests. The Batch API "
+        "figure assumes no caching.\n"
         f"{END}"
     )
 
@@ -155,12 +162,13 @@ def main() -> int:
         print(f"bench_cost: skipped ({exc})", file=sys.stderr)
         return 0
     out = args.work / "dry-run-out"  # never created: a dry run writes nothing
-    result, command, seconds = dry_run(events, items, out, args.model)
-    commands = [
-        shlex.join(["python", "scripts/export_dataset.py", "ml-100k", str(args.work / "ml-100k")]),
-        shlex.join(command),
-    ]
-    text = section(result, commands, seconds)
+    results: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    commands = [shlex.join(["python", "scripts/export_dataset.py", "ml-100k", str(args.work / "ml-100k")])]
+    for schema in SCHEMAS:
+        results[schema], command, seconds[schema] = dry_run(events, items, out, args.model, schema)
+        commands.append(shlex.join(command))
+    text = section(results, commands, seconds)
     print(text)
     if args.write_docs:
         write_docs(text)
