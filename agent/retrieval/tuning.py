@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from agent.errors import ConfigError
-from agent.retrieval.candidates import Retriever, RetrieverConfig
+from agent.retrieval.candidates import FitCache, Retriever, RetrieverConfig
 
 OBJECTIVE = "ndcg@10 + hit@50"
 TUNING_KEY = "tuning"
@@ -120,15 +120,33 @@ def validation_split(events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]
 
 
 def evaluate_config(
-    events: pd.DataFrame, items: pd.DataFrame, targets: Mapping[str, str], config: RetrieverConfig
+    events: pd.DataFrame,
+    items: pd.DataFrame,
+    targets: Mapping[str, str],
+    config: RetrieverConfig,
+    *,
+    cache: FitCache | None = None,
+    batched: bool = True,
 ) -> dict[str, float]:
-    """NDCG@10 and hit@50 of ``config`` fitted on ``events`` for the ``targets``' users."""
-    model = Retriever.fit(events, items, config)
+    """NDCG@10 and hit@50 of ``config`` fitted on ``events`` for the ``targets``' users.
+
+    ``batched`` ranks the targets with ``Retriever.target_ranks`` (blocks of users at once);
+    ``False`` asks ``candidates(user, n=50)`` user by user. Both give the same numbers
+    (``tests/test_tuning.py``); the batched path is the cheap one. ``cache``: shared fit work
+    (``FitCache`` of these ``events``/``items``).
+    """
+    model = Retriever.fit(events, items, config, cache=cache)
+    users = list(targets)
+    if batched:
+        ranks = model.target_ranks(users, [targets[u] for u in users]).tolist()
+    else:
+        ranks = []
+        for user in users:
+            top = [c.item_id for c in model.candidates(user, n=50)]
+            ranks.append(top.index(targets[user]) + 1 if targets[user] in top else 0)
     ndcg = hits = 0.0
-    for user, target in targets.items():
-        top = [c.item_id for c in model.candidates(user, n=50)]
-        if target in top:
-            rank = top.index(target) + 1
+    for rank in ranks:
+        if 0 < rank <= 50:
             hits += 1.0
             ndcg += 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0
     n = max(len(targets), 1)
@@ -162,10 +180,12 @@ def tune(
         targets = {u: targets[u] for u in users[:max_users]}
     best_config = start or RetrieverConfig()
     trials: list[Trial] = []
+    cache = FitCache(fit_events, items)  # what every trial's fit shares
 
     def run(config: RetrieverConfig, change: dict[str, Any]) -> Trial:
         t0 = time.perf_counter()
-        trial = Trial(change, evaluate_config(fit_events, items, targets, config), time.perf_counter() - t0)
+        metrics = evaluate_config(fit_events, items, targets, config, cache=cache)
+        trial = Trial(change, metrics, time.perf_counter() - t0)
         trials.append(trial)
         return trial
 
