@@ -147,17 +147,23 @@ def _top_k_rows(block: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((block.data[keep], (rows, block.indices[keep])), shape=block.shape)
 
 
-def _take_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
-    """``matrix[rows]`` keeping each row's stored order; rows < 0 give empty rows."""
+def _row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``matrix.data`` of the stored entries of ``rows`` (in order; rows < 0 are
+    empty) and how many each row has."""
     rows = np.asarray(rows, dtype=np.int64)
     safe = np.where(rows >= 0, rows, 0)
     starts = matrix.indptr[safe]
     lengths = np.where(rows >= 0, matrix.indptr[safe + 1] - starts, 0)
-    total = int(lengths.sum())
-    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    return offsets, lengths
+
+
+def _take_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``matrix[rows]`` keeping each row's stored order; rows < 0 give empty rows."""
+    offsets, lengths = _row_entries(matrix, rows)
     indptr = np.r_[0, np.cumsum(lengths)]
     return sp.csr_matrix(
-        (matrix.data[offsets], matrix.indices[offsets], indptr), shape=(len(rows), matrix.shape[1])
+        (matrix.data[offsets], matrix.indices[offsets], indptr), shape=(len(lengths), matrix.shape[1])
     )
 
 
@@ -296,6 +302,7 @@ class Retriever:
         self._category_popularity: np.ndarray = np.zeros(0)
         self._category_code: np.ndarray = np.zeros(0, dtype=np.int64)
         self._n_categories = 0
+        self._category_matrix: sp.csr_matrix | None = None  # item × category indicator, built on demand
         self._tiebreak: np.ndarray = np.zeros(0, dtype=np.int64)
         self._vectorizer: TfidfVectorizer | None = None
         self._item_vectors: sp.csr_matrix | None = None
@@ -565,8 +572,11 @@ class Retriever:
         has_profile = np.diff(profile.indptr) > 0
         consumed = (np.zeros(0, dtype=np.int64),) * 2
         if exclude_consumed:
-            taken = _take_rows(self._consumed, rows).tocoo()
-            consumed = (taken.col.astype(np.int64), taken.row.astype(np.int64))  # (item, user)
+            offsets, lengths = _row_entries(self._consumed, rows)
+            consumed = (
+                self._consumed.indices[offsets],
+                np.repeat(np.arange(n_users), lengths),
+            )  # (item, user)
 
         blended = np.zeros((n_items, n_users))
 
@@ -581,11 +591,12 @@ class Retriever:
             add("cooccurrence", (profile @ self._similarity).T.toarray())
         if weights.get("popularity", 0) > 0:
             if cfg.category_share > 0 and has_profile.any():
-                onehot = sp.csr_matrix(
-                    (np.ones(n_items), (np.arange(n_items), self._category_code)),
-                    shape=(n_items, self._n_categories),
-                )
-                affinity = (profile @ onehot).T.toarray()  # categories × users
+                if self._category_matrix is None:
+                    self._category_matrix = sp.csr_matrix(
+                        (np.ones(n_items), (np.arange(n_items), self._category_code)),
+                        shape=(n_items, self._n_categories),
+                    )
+                affinity = (profile @ self._category_matrix).T.toarray()  # categories × users
                 top = affinity.max(axis=0)
                 affinity /= np.where(top > 0, top, 1.0)
                 pop = affinity[self._category_code]
