@@ -31,6 +31,8 @@ from agent.errors import ConfigError
 from agent.retrieval.candidates import FitCache, Retriever, RetrieverConfig
 
 OBJECTIVE = "ndcg@10 + hit@50"
+TIME_BUDGET_S = 60.0
+"""The default search budget of ``tune``, ``recagent tune`` and ``recagent evaluate``."""
 TUNING_KEY = "tuning"
 """Key of the tuning report inside a saved settings file (not a ``RetrieverConfig`` field)."""
 
@@ -158,7 +160,7 @@ def tune(
     items: pd.DataFrame,
     start: RetrieverConfig | None = None,
     *,
-    time_budget_s: float = 60.0,
+    time_budget_s: float = TIME_BUDGET_S,
     max_users: int | None = 2000,
     seed: int = 0,
     space: Sequence[tuple[str, Sequence[Any]]] = SEARCH_SPACE,
@@ -167,8 +169,10 @@ def tune(
     """Coordinate search from ``start`` (default: the defaults) on a validation split.
 
     ``max_users`` caps the validation users (a seeded sample) so a trial stays cheap on
-    large logs; ``on_trial(trial, best)`` is called after every evaluation. The search
-    never starts a trial once ``time_budget_s`` has passed (the one running may overrun).
+    large logs; ``on_trial(trial, best)`` is called after every evaluation. The budget counts
+    from the call (the split included): the starting point is always evaluated, then no trial
+    starts that would end past ``time_budget_s`` if it took as long as the slowest of the last
+    three, so the search ends within the budget unless a trial is far slower than those before.
     """
     started = time.perf_counter()
     fit_events, targets = validation_split(events)
@@ -204,7 +208,10 @@ def tune(
             for value in values:
                 if value == current:
                     continue
-                if time.perf_counter() - started >= time_budget_s:
+                # stop before a trial that would end past the budget, estimated as long as the
+                # slowest of the last three (fits that rebuild the similarity cost more)
+                expected = max(t.seconds for t in trials[-3:])
+                if time.perf_counter() - started + expected > time_budget_s:
                     stopped = "time budget"
                     break
                 candidate = _set(best_config, name, value)
