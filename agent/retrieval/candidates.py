@@ -550,20 +550,14 @@ class Retriever:
     def batch_scores(self, user_ids: Sequence[str], exclude_consumed: bool = True) -> np.ndarray:
         """Blended scores of many users at once (no ``query``, no extra ``exclude``).
 
-        Row ``k`` equals ``scores(user_ids[k], exclude_consumed=exclude_consumed)[0]`` bit for bit
-        (``tests/test_candidates.py`` checks it). Dense ``len(user_ids) × n_items``: pass blocks.
-        """
-        return self._block_scores(user_ids, exclude_consumed).T
-
-    def _block_scores(self, user_ids: Sequence[str], exclude_consumed: bool = True) -> np.ndarray:
-        """``batch_scores`` transposed (items × users, C order), computed as ``scores`` does.
-
-        The same products and sums in the same order as the per-user path, so the numbers are
-        identical: sparse products over the users' profile rows accumulate over a user's items
+        Row ``k`` equals ``scores(user_ids[k], exclude_consumed=exclude_consumed)[0]`` bit for
+        bit (``tests/test_candidates.py`` checks it): the same products and sums in the same
+        order, since sparse products over the users' profile rows accumulate over a user's items
         (or an item's terms) in the stored order, as ``_gather_rows``/``csr_matvec`` do. Every
         source is >= 0, so an eligible item's ``value / top`` is already in [0, 1] (the clip in
-        ``scores`` changes nothing there) and a source with ``top == 0`` adds exact zeros.
-        Consumed items only need to drop out of each ``top``: they are zeroed, then set to -inf.
+        ``scores`` changes nothing there) and a source with ``top == 0`` adds exact zeros;
+        consumed items only need to drop out of each ``top``: they are zeroed, then set to -inf.
+        Dense ``len(user_ids) × n_items``: pass blocks of users.
         """
         cfg, weights = self.config, self.config.weights
         n_items, n_users = len(self.item_ids), len(user_ids)
@@ -573,22 +567,19 @@ class Retriever:
         consumed = (np.zeros(0, dtype=np.int64),) * 2
         if exclude_consumed:
             offsets, lengths = _row_entries(self._consumed, rows)
-            consumed = (
-                self._consumed.indices[offsets],
-                np.repeat(np.arange(n_users), lengths),
-            )  # (item, user)
+            consumed = (np.repeat(np.arange(n_users), lengths), self._consumed.indices[offsets])
 
-        blended = np.zeros((n_items, n_users))
+        blended = np.zeros((n_users, n_items))
 
-        def add(name: str, values: np.ndarray) -> None:  # values: items × users, may be modified
+        def add(name: str, values: np.ndarray) -> None:  # users × items, C order; modified
             values[consumed] = 0.0
-            top = values.max(axis=0, initial=0.0)
-            values /= np.where(top > 0, top, 1.0)
+            top = values.max(axis=1, initial=0.0)
+            values /= np.where(top > 0, top, 1.0)[:, None]
             values *= weights.get(name, 0)
             blended.__iadd__(values)
 
         if weights.get("cooccurrence", 0) > 0 and has_profile.any():
-            add("cooccurrence", (profile @ self._similarity).T.toarray())
+            add("cooccurrence", (profile @ self._similarity).toarray())
         if weights.get("popularity", 0) > 0:
             if cfg.category_share > 0 and has_profile.any():
                 if self._category_matrix is None:
@@ -596,21 +587,22 @@ class Retriever:
                         (np.ones(n_items), (np.arange(n_items), self._category_code)),
                         shape=(n_items, self._n_categories),
                     )
-                affinity = (profile @ self._category_matrix).T.toarray()  # categories × users
-                top = affinity.max(axis=0)
-                affinity /= np.where(top > 0, top, 1.0)
-                pop = affinity[self._category_code]
-                pop *= self._category_popularity[:, None]
+                affinity = (profile @ self._category_matrix).toarray()  # users × categories
+                top = affinity.max(axis=1)
+                affinity /= np.where(top > 0, top, 1.0)[:, None]
+                pop = affinity[:, self._category_code]
+                pop *= self._category_popularity
                 pop *= cfg.category_share
-                pop += ((1 - cfg.category_share) * self._popularity)[:, None]
-                pop[:, ~has_profile] = self._popularity[:, None]
+                pop += (1 - cfg.category_share) * self._popularity
+                pop[~has_profile] = self._popularity
             else:
-                pop = np.repeat(self._popularity[:, None], n_users, axis=1)
+                pop = np.tile(self._popularity, (n_users, 1))
             add("popularity", pop)
         if self._item_vectors is not None:
             vectors = self._item_vectors
             if weights.get("content", 0) > 0 and has_profile.any():
-                add("content", vectors @ (profile @ vectors).T.toarray())
+                content = vectors @ (profile @ vectors).T.toarray()  # items × users
+                add("content", np.ascontiguousarray(content.T))
             if weights.get("search", 0) > 0 and self._searches is not None and cfg.search_history_weight > 0:
                 searching = np.zeros((vectors.shape[1], n_users))
                 for k in np.flatnonzero(rows >= 0):
@@ -620,7 +612,7 @@ class Retriever:
                         if vector is not None:
                             searching[:, k] = vector
                 if searching.any():
-                    add("search", vectors @ searching)
+                    add("search", np.ascontiguousarray((vectors @ searching).T))
         blended[consumed] = -np.inf
         return blended
 
@@ -638,15 +630,15 @@ class Retriever:
             found = np.flatnonzero(cols >= 0)
             if not len(found):
                 continue
-            scores = self._block_scores([user_ids[start + int(k)] for k in found])
+            scores = self.batch_scores([user_ids[start + int(k)] for k in found])
             target = cols[found]
-            score = scores[target, np.arange(len(found))]
-            ahead = (scores > score).sum(axis=0)
-            level = (scores >= score).sum(axis=0)  # ahead, the target and items tied with it
+            score = scores[np.arange(len(found)), target][:, None]
+            ahead = (scores > score).sum(axis=1)
+            level = (scores >= score).sum(axis=1)  # ahead, the target and items tied with it
             for k in np.flatnonzero(level > ahead + 1):  # ties: the tie-break decides
-                tied = (scores[:, k] == score[k]) & (self._tiebreak < self._tiebreak[target[k]])
+                tied = (scores[k] == score[k]) & (self._tiebreak < self._tiebreak[target[k]])
                 ahead[k] += int(tied.sum())
-            ranks[start + found] = np.where(np.isfinite(score), 1 + ahead, 0)
+            ranks[start + found] = np.where(np.isfinite(score[:, 0]), 1 + ahead, 0)
         return ranks
 
     def candidates(
