@@ -200,8 +200,9 @@ def tune(
     ``max_users`` caps the validation users (a seeded sample) so a trial stays cheap on
     large logs; ``on_trial(trial, best)`` is called after every evaluation. The budget counts
     from the call (the split included): the starting point is always evaluated, then no trial
-    starts that would end past ``time_budget_s`` if it took as long as the slowest of the last
-    three, so the search ends within the budget unless a trial is far slower than those before.
+    starts that would end past ``time_budget_s`` if it took 1.5 times as long as the slowest of
+    the last three, so the search ends within the budget unless a trial is far slower than
+    those before it.
     """
     started = time.perf_counter()
     fit_events, targets = validation_split(events)
@@ -237,9 +238,9 @@ def tune(
             for value in values:
                 if value == current:
                     continue
-                # stop before a trial that would end past the budget, estimated as long as the
+                # stop before a trial that would end past the budget, estimated at 1.5 times the
                 # slowest of the last three (fits that rebuild the similarity cost more)
-                expected = max(t.seconds for t in trials[-3:])
+                expected = 1.5 * max(t.seconds for t in trials[-3:])
                 if time.perf_counter() - started + expected > time_budget_s:
                     stopped = "time budget"
                     break
