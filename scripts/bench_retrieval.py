@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.data.datasets import load_amazon_seq, load_movielens  # noqa: E402
 from agent.retrieval import tuning  # noqa: E402
-from agent.retrieval.candidates import Retriever, RetrieverConfig  # noqa: E402
+from agent.retrieval.candidates import FitCache, Retriever, RetrieverConfig  # noqa: E402
 
 try:
     from agent.evaluation.metrics import hit_rate_at_k, ndcg_at_k
@@ -331,6 +331,43 @@ def tune(name: str, events, items, targets, config: RetrieverConfig) -> None:
             print(f"  implicit ALS {params}: " + "  ".join(f"{a}={b:.4f}" for a, b in metrics.items()))
 
 
+def start_grid(datasets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Print the grid `agent.retrieval.tuning.START` was chosen from: NDCG@10 + hit@50 on the
+    validation split `tune` cuts from each training split (2,000 seeded users), per data set."""
+    prepared = {}
+    for name, (train, items) in datasets.items():
+        fit, targets = tuning.validation_split(train)
+        users = sorted(targets)
+        np.random.default_rng(0).shuffle(users)  # the sample tune() takes (max_users=2000, seed 0)
+        prepared[name] = (fit, items, {u: targets[u] for u in users[:2000]}, FitCache(fit, items))
+    grid = itertools.product(
+        (200, 400), (20.0, 50.0), (None, 10, 20), (1.0, 2.0, 3.0), (2.0, 3.0), (0.1, 0.2), (0.1, 0.2)
+    )
+    print(f"\n## tuning.START grid (validation ndcg@10 + hit@50; {', '.join(prepared)})")
+    for neighbors, shrink, window, window_weight, half_life, content, popularity in grid:
+        if window is None and window_weight != 1.0:
+            continue
+        weights = dict(RetrieverConfig().weights) | {"content": content, "popularity": popularity}
+        config = RetrieverConfig(
+            weights=weights,
+            neighbors=neighbors,
+            shrink=shrink,
+            window=window,
+            window_weight=window_weight,
+            half_life_events=half_life,
+        )
+        scores = []
+        for fit, items, targets, cache in prepared.values():
+            metrics = tuning.evaluate_config(fit, items, targets, config, cache=cache)
+            scores.append(metrics["ndcg@10"] + metrics["hit@50"])
+        print(
+            f"  neighbors={neighbors} shrink={shrink} window={window} window_weight={window_weight} "
+            f"half_life_events={half_life} content={content} popularity={popularity}: "
+            + "  ".join(f"{score:.4f}" for score in scores),
+            flush=True,
+        )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -450,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amazon", type=Path, default=DATASETS / "amazon-games")
     parser.add_argument("--max-users", type=int, default=0, help="seeded user sample for Amazon (0: all)")
     parser.add_argument("--tune", action="store_true", help="print the validation grids and exit")
+    parser.add_argument(
+        "--start-grid", action="store_true", help="print the grid tuning.START was chosen from and exit"
+    )
     parser.add_argument("--skip-scale", action="store_true", help="skip the 1M-event synthetic test")
     parser.add_argument("--write-docs", action="store_true", help="replace our section of docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -465,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     sample = sorted(amazon_valid.targets)
     np.random.default_rng(0).shuffle(sample)
     valid_sample = {u: amazon_valid.targets[u] for u in sample[:5000]}
+    if args.start_grid:
+        amazon_test = load_amazon_seq(args.amazon, split="test")
+        ml_train, _ = movielens_split(events, 1)
+        start_grid({"ML-100K": (ml_train, items), "Amazon Games": (amazon_test.events, amazon_test.items)})
+        return 0
     if args.tune:
         tune("ML-100K", valid_events, items, valid_targets, RetrieverConfig())
         tune("Amazon Games", amazon_valid.events, amazon_valid.items, valid_sample, RetrieverConfig())
