@@ -8,10 +8,15 @@ Protocols (temporal leave-one-out, full-catalog ranking, consumed items excluded
 * Amazon Games (LLMRank files) — test: ``Games-6k.test.inter`` (history = the given
   sequence, target = the next item); validation: ``Games-6k.valid.inter``.
 
+The recagent rows take the default command path of ``recagent evaluate``: settings tuned
+inside each training split by ``agent.retrieval.tuning.tune`` (each user's last training
+interaction held out, the same budget), so they match ``recagent evaluate --backend fallback
+--protocol full``; a second row shows the untuned ``RetrieverConfig()`` defaults.
+
 Reports candidate hit rate at N=20/50/100 and NDCG@10 (binary) of each method's own
 ranking, plus a synthetic scale test (1M events: fit time, per-user query latency).
-``--tune`` prints the validation grid the defaults were chosen from; test targets are
-never used for tuning. Not a timed test: run it by hand (``make bench``).
+``--tune`` prints the validation grid around the ``RetrieverConfig()`` defaults (and the
+baselines' grids); test targets are never used for tuning. Not a timed test: run it by hand (``make bench``).
 
     .venv/bin/python scripts/bench_retrieval.py --write-docs
 """
@@ -40,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agent.data.datasets import load_amazon_seq, load_movielens  # noqa: E402
-from agent.retrieval.candidates import Retriever, RetrieverConfig  # noqa: E402
+from agent.retrieval import tuning  # noqa: E402
+from agent.retrieval.candidates import FitCache, Retriever, RetrieverConfig  # noqa: E402
 
 try:
     from agent.evaluation.metrics import hit_rate_at_k, ndcg_at_k
@@ -58,15 +64,8 @@ START, END = "<!-- retrieval:start -->", "<!-- retrieval:end -->"
 TOP = 100
 Ranker = Callable[[Sequence[str]], list[list[str]]]  # users -> top-100 item ids per user
 
-# Chosen on the validation splits with --tune (best hit@50, NDCG@10 as tie-break, rounded
-# to a plateau); never on test targets. The baselines got the same treatment.
-_WEIGHTS = dict(RetrieverConfig().weights) | {"popularity": 0.1, "content": 0.1}
-ML_CONFIG = RetrieverConfig(
-    weights=_WEIGHTS, neighbors=100, shrink=10.0, half_life_events=3.0, window=10, window_weight=3.0
-)
-AMAZON_CONFIG = RetrieverConfig(
-    weights=_WEIGHTS | {"content": 0.2}, neighbors=200, shrink=50.0, half_life_events=3.0
-)
+# The baselines' settings were chosen on the validation splits with --tune (best hit@50,
+# NDCG@10 as tie-break); never on test targets. The retriever's are tuned per training split.
 IMPLICIT_ML = {"cosine_k": 20, "als_factors": 32, "als_reg": 0.01, "als_alpha": 1.0}
 IMPLICIT_AMAZON = {"cosine_k": 1000, "als_factors": 128, "als_reg": 0.01, "als_alpha": 40.0}
 
@@ -184,8 +183,19 @@ def methods(
         f"alpha={params.get('als_alpha', 1.0)}, seed 42)": lambda: implicit_ranker(
             events, items, "als", params
         ),
-        "recagent Retriever": lambda: retriever_ranker(events, items, config),
+        "recagent Retriever (RetrieverConfig() defaults, untuned)": lambda: retriever_ranker(
+            events, items, RetrieverConfig()
+        ),
+        "recagent Retriever (tuned in the training split)": lambda: retriever_ranker(events, items, config),
     }
+
+
+def tuned_config(name: str, train: pd.DataFrame, items: pd.DataFrame) -> tuple[RetrieverConfig, dict]:
+    """`recagent evaluate`'s default path: settings tuned inside the training split, same tuner and budget."""
+    result = tuning.tune(train, items, time_budget_s=tuning.TIME_BUDGET_S)
+    report = result.report()
+    print(f"  {name} retriever tuned in the training split: {report}", flush=True)
+    return result.config, report
 
 
 def run_dataset(name: str, events, items, targets, config, params, users: list[str] | None = None) -> list:
@@ -321,10 +331,49 @@ def tune(name: str, events, items, targets, config: RetrieverConfig) -> None:
             print(f"  implicit ALS {params}: " + "  ".join(f"{a}={b:.4f}" for a, b in metrics.items()))
 
 
+def start_grid(datasets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
+    """Print the grid `agent.retrieval.tuning.START` was chosen from: NDCG@10 + hit@50 on the
+    validation split `tune` cuts from each training split (2,000 seeded users), per data set."""
+    prepared = {}
+    for name, (train, items) in datasets.items():
+        fit, targets = tuning.validation_split(train)
+        users = sorted(targets)
+        np.random.default_rng(0).shuffle(users)  # the sample tune() takes (max_users=2000, seed 0)
+        prepared[name] = (fit, items, {u: targets[u] for u in users[:2000]}, FitCache(fit, items))
+    grid = itertools.product(
+        (200, 400), (20.0, 50.0), (None, 10, 20), (1.0, 2.0, 3.0), (2.0, 3.0), (0.1, 0.2), (0.1, 0.2)
+    )
+    print(f"\n## tuning.START grid (validation ndcg@10 + hit@50; {', '.join(prepared)})")
+    for neighbors, shrink, window, window_weight, half_life, content, popularity in grid:
+        if window is None and window_weight != 1.0:
+            continue
+        weights = dict(RetrieverConfig().weights) | {"content": content, "popularity": popularity}
+        config = RetrieverConfig(
+            weights=weights,
+            neighbors=neighbors,
+            shrink=shrink,
+            window=window,
+            window_weight=window_weight,
+            half_life_events=half_life,
+        )
+        scores = []
+        for fit, items, targets, cache in prepared.values():
+            metrics = tuning.evaluate_config(fit, items, targets, config, cache=cache)
+            scores.append(metrics["ndcg@10"] + metrics["hit@50"])
+        print(
+            f"  neighbors={neighbors} shrink={shrink} window={window} window_weight={window_weight} "
+            f"half_life_events={half_life} content={content} popularity={popularity}: "
+            + "  ".join(f"{score:.4f}" for score in scores),
+            flush=True,
+        )
+
+
 # --------------------------------------------------------------------------- report
 
 
-def markdown(rows: list[dict], ablations: list[dict], scale: dict | None, command: str) -> str:
+def markdown(
+    rows: list[dict], ablations: list[dict], scale: dict | None, command: str, tuned: dict[str, dict]
+) -> str:
     lines = [
         "## Candidate retrieval (`agent.retrieval.candidates`)",
         "",
@@ -358,19 +407,27 @@ def markdown(rows: list[dict], ablations: list[dict], scale: dict | None, comman
         )
     lines += [
         "",
-        "Tuning: every setting (retriever and baselines alike) was chosen on the **validation** "
-        "targets only — ML-100K: each user's second-to-last rating, fitted without the last two; "
-        "Amazon: `Games-6k.valid.inter` (a seeded sample of 5,000 users) — with "
-        "`scripts/bench_retrieval.py --tune`. Chosen: ML-100K "
-        f"`{_describe(ML_CONFIG)}`; Amazon `{_describe(AMAZON_CONFIG)}`; implicit ML {IMPLICIT_ML}, "
-        f"Amazon {IMPLICIT_AMAZON} (ALS: 15 iterations, `random_state=42`; every rating/review is a "
-        "binary positive for the baselines).",
+        "Tuning: no setting was chosen on test targets. The tuned recagent rows take `recagent "
+        "evaluate`'s default path — `agent.retrieval.tuning.tune` inside each training split (each "
+        "user's last training interaction held out, a seeded sample of at most 2,000 of them, "
+        f"coordinate search on NDCG@10 + hit@50, {tuning.TIME_BUDGET_S:g} s budget) — so they match "
+        "`recagent evaluate --backend fallback --protocol full`; "
+        + "; ".join(
+            f"{name}: {r['trials']} trials, {r['seconds']} s, {r['stopped']}, validation "
+            f"{r['start_metrics']} -> {r['metrics']}, changed from the defaults `{r['changed']}`"
+            for name, r in tuned.items()
+        )
+        + ". The baselines' settings were chosen on the **validation** targets — ML-100K: each "
+        "user's second-to-last rating, fitted without the last two; Amazon: `Games-6k.valid.inter` "
+        "(a seeded sample of 5,000 users) — with `scripts/bench_retrieval.py --tune`: implicit ML "
+        f"{IMPLICIT_ML}, Amazon {IMPLICIT_AMAZON} (ALS: 15 iterations, `random_state=42`; every "
+        "rating/review is a binary positive for the baselines).",
         "",
     ]
     if ablations:
         lines += [
             "Ablations on the ML-100K **validation** split (same run; one change at a time from the "
-            "chosen config):",
+            "settings tuned in the ML-100K training split):",
             "",
             "| change | hit@50 | NDCG@10 |",
             "|---|---:|---:|",
@@ -407,12 +464,6 @@ def _implicit_version() -> str:
         return "not installed"
 
 
-def _describe(config: RetrieverConfig) -> str:
-    default = RetrieverConfig()
-    changed = {k: v for k, v in config.__dict__.items() if v != getattr(default, k)}
-    return ", ".join(f"{k}={dict(v) if isinstance(v, dict) else v}" for k, v in changed.items())
-
-
 def write_docs(section: str, path: Path = ROOT / "docs" / "BENCHMARKS.md") -> None:
     block = f"{START}\n{section.rstrip()}\n{END}"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
@@ -436,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amazon", type=Path, default=DATASETS / "amazon-games")
     parser.add_argument("--max-users", type=int, default=0, help="seeded user sample for Amazon (0: all)")
     parser.add_argument("--tune", action="store_true", help="print the validation grids and exit")
+    parser.add_argument(
+        "--start-grid", action="store_true", help="print the grid tuning.START was chosen from and exit"
+    )
     parser.add_argument("--skip-scale", action="store_true", help="skip the 1M-event synthetic test")
     parser.add_argument("--write-docs", action="store_true", help="replace our section of docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
@@ -451,23 +505,31 @@ def main(argv: list[str] | None = None) -> int:
     sample = sorted(amazon_valid.targets)
     np.random.default_rng(0).shuffle(sample)
     valid_sample = {u: amazon_valid.targets[u] for u in sample[:5000]}
+    if args.start_grid:
+        amazon_test = load_amazon_seq(args.amazon, split="test")
+        ml_train, _ = movielens_split(events, 1)
+        start_grid({"ML-100K": (ml_train, items), "Amazon Games": (amazon_test.events, amazon_test.items)})
+        return 0
     if args.tune:
-        tune("ML-100K", valid_events, items, valid_targets, ML_CONFIG)
-        tune("Amazon Games", amazon_valid.events, amazon_valid.items, valid_sample, AMAZON_CONFIG)
+        tune("ML-100K", valid_events, items, valid_targets, RetrieverConfig())
+        tune("Amazon Games", amazon_valid.events, amazon_valid.items, valid_sample, RetrieverConfig())
         return 0
 
     rows = []
+    tuned: dict[str, dict] = {}
     train, targets = movielens_split(events, 1)
     print("ML-100K test")
-    rows += run_dataset("ML-100K", train, items, targets, ML_CONFIG, IMPLICIT_ML)
+    ml_config, tuned["ML-100K"] = tuned_config("ML-100K", train, items)
+    rows += run_dataset("ML-100K", train, items, targets, ml_config, IMPLICIT_ML)
     print("Amazon Games test")
     amazon = load_amazon_seq(args.amazon, split="test")
+    amazon_config, tuned["Amazon Games"] = tuned_config("Amazon Games", amazon.events, amazon.items)
     users = sorted(amazon.targets)
     if args.max_users:
         np.random.default_rng(1).shuffle(users)
         users = users[: args.max_users]
     rows += run_dataset(
-        "Amazon Games", amazon.events, amazon.items, amazon.targets, AMAZON_CONFIG, IMPLICIT_AMAZON, users
+        "Amazon Games", amazon.events, amazon.items, amazon.targets, amazon_config, IMPLICIT_AMAZON, users
     )
 
     ablations = []
@@ -478,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         ("no recency decay (`half_life_events=None`)", {"half_life_events": None}),
         ("co-occurrence only", {"weights": {"popularity": 0.0, "content": 0.0}}),
     ):
-        metrics = evaluate(retriever_ranker(valid_events, items, _variant(ML_CONFIG, change)), valid_targets)
+        metrics = evaluate(retriever_ranker(valid_events, items, _variant(ml_config, change)), valid_targets)
         ablations.append({"change": label, **metrics})
 
     scale = None
@@ -489,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             "  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in scale.items())
         )
 
-    section = markdown(rows, ablations, scale, command)
+    section = markdown(rows, ablations, scale, command, tuned)
     print("\n" + section)
     if args.write_docs:
         write_docs(section)

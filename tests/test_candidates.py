@@ -236,3 +236,39 @@ def test_scores_vector_matches_candidates(retriever: Retriever) -> None:
     by_id = dict(zip(retriever.item_ids, blended, strict=True))
     assert [c.score for c in ranked] == [by_id[c.item_id] for c in ranked]
     assert ranked[0].score == blended.max()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        RetrieverConfig(),
+        RetrieverConfig(window=4, half_life_days=1.0, category_share=0.0, weights={"content": 0.5}),
+        RetrieverConfig(rating_mode="value", neighbors=2, weights={"popularity": 0.0, "search": 0.0}),
+    ],
+)
+def test_batch_scores_and_target_ranks_equal_the_per_user_path(config: RetrieverConfig) -> None:
+    from agent.data.loading import align_catalog, load_events, load_items
+
+    from .conftest import SAMPLE
+
+    catalog = load_items(SAMPLE / "items.csv")  # searches, ratings, dislikes, categories
+    events = align_catalog(load_events(SAMPLE / "events.csv"), catalog).frame
+    model = Retriever.fit(events, catalog.frame, config)
+    users = [*sorted(events["user_id"].unique()), "nobody"]  # an unknown user too
+    per_user = np.stack([model.scores(u)[0] for u in users])
+    assert np.array_equal(model.batch_scores(users), per_user)  # bit for bit, -inf included
+    rng = np.random.default_rng(0)
+    targets = [str(x) for x in rng.choice(model.item_ids, len(users))]
+    targets[0] = "not-in-the-catalog"
+    expected = []
+    for user, target in zip(users, targets, strict=True):
+        ranked = [c.item_id for c in model.candidates(user, n=None)]
+        expected.append(ranked.index(target) + 1 if target in ranked else 0)
+    assert model.target_ranks(users, targets, block=3).tolist() == expected
+    assert 0 in expected and any(r > 0 for r in expected)
+
+
+def test_target_ranks_follow_the_popularity_tie_break() -> None:
+    model = Retriever.fit(make_events([("a", "mug", "view", 0)]), make_items(), RetrieverConfig())
+    ranked = [c.item_id for c in model.candidates("nobody", n=None)]  # popularity only: many ties
+    assert model.target_ranks(["nobody"] * len(ranked), ranked).tolist() == list(range(1, len(ranked) + 1))

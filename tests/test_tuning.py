@@ -15,6 +15,7 @@ from agent.errors import ConfigError
 from agent.recommender import AgentConfig, RecommenderAgent
 from agent.retrieval.candidates import RetrieverConfig
 from agent.retrieval.tuning import (
+    START,
     TUNING_KEY,
     config_from_dict,
     config_to_dict,
@@ -96,10 +97,33 @@ def test_tuning_searches_within_the_budget_and_reports_every_trial() -> None:
     assert set(report["changed"]) <= set(config_to_dict(result.config))
 
 
+@pytest.mark.parametrize(
+    "config",
+    [RetrieverConfig(), RetrieverConfig(window=5, half_life_events=2.0, weights={"content": 0.5})],
+)
+def test_batched_validation_scoring_equals_the_per_user_path(config: RetrieverConfig) -> None:
+    from agent.data.loading import align_catalog, load_events, load_items
+    from agent.retrieval.candidates import FitCache
+
+    catalog = load_items(SAMPLE / "items.csv")
+    events = align_catalog(load_events(SAMPLE / "events.csv"), catalog).frame
+    fit, targets = validation_split(events)
+    per_user = evaluate_config(fit, catalog.frame, targets, config, batched=False)
+    assert per_user["hit@50"] > 0
+    assert evaluate_config(fit, catalog.frame, targets, config) == per_user
+    cache = FitCache(fit, catalog.frame)
+    for other in (RetrieverConfig(shrink=0.0), config):  # a cached fit equals a fresh one
+        assert evaluate_config(fit, catalog.frame, targets, other, cache=cache) == evaluate_config(
+            fit, catalog.frame, targets, other, batched=False
+        )
+    with pytest.raises(ValueError, match="other events"):
+        evaluate_config(events, catalog.frame, targets, config, cache=cache)
+
+
 def test_an_exhausted_budget_stops_after_the_starting_point() -> None:
     events, items = _sequential_world()
     result = tune(events, items, time_budget_s=0.0)
-    assert (result.stopped, len(result.trials), result.config) == ("time budget", 1, RetrieverConfig())
+    assert (result.stopped, len(result.trials), result.config) == ("time budget", 1, START)
 
 
 def test_tuning_needs_users_with_a_history() -> None:

@@ -153,14 +153,22 @@ def _tune_retriever(train: Any, items: Any, args: argparse.Namespace) -> tuple[A
         file=sys.stderr,
     )
     count = 0
+    started = last_note = time.perf_counter()
 
     def progress(trial: Any, best: Any) -> None:
-        nonlocal count
+        nonlocal count, last_note
         count += 1
         if args.verbose:
             change = ", ".join(f"{k}={v}" for k, v in trial.change.items()) or "start"
             metrics = "  ".join(f"{k} {v:.4f}" for k, v in trial.metrics.items())
             print(f"tune: trial {count} {change}: {metrics}{'  *' if trial is best else ''}", file=sys.stderr)
+        elif time.perf_counter() - last_note >= 10:  # a progress line every 10 s or so
+            last_note = time.perf_counter()
+            metrics = "  ".join(f"{k} {v:.4f}" for k, v in best.metrics.items())
+            print(
+                f"tune: {count} trials in {last_note - started:.0f} s; best validation {metrics}",
+                file=sys.stderr,
+            )
 
     result = tune(train, items, time_budget_s=args.tune_budget, on_trial=progress)
     report = result.report()

@@ -34,9 +34,9 @@ included) marks its item consumed, and consumed items are excluded by default. I
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,7 +46,7 @@ from agent.data.behaviors import DEFAULT_BEHAVIOR_WEIGHTS, DEFAULT_UNKNOWN_WEIGH
 from agent.errors import ConfigError, DataError
 from agent.retrieval.tfidf import TfidfVectorizer
 
-__all__ = ["SOURCES", "Candidate", "Retriever", "RetrieverConfig"]
+__all__ = ["SOURCES", "Candidate", "FitCache", "Retriever", "RetrieverConfig"]
 
 SOURCES: tuple[str, ...] = ("cooccurrence", "popularity", "content", "search")
 _NS_PER_DAY = 86_400 * 1_000_000_000
@@ -147,6 +147,26 @@ def _top_k_rows(block: sp.csr_matrix, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((block.data[keep], (rows, block.indices[keep])), shape=block.shape)
 
 
+def _row_entries(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``matrix.data`` of the stored entries of ``rows`` (in order; rows < 0 are
+    empty) and how many each row has."""
+    rows = np.asarray(rows, dtype=np.int64)
+    safe = np.where(rows >= 0, rows, 0)
+    starts = matrix.indptr[safe]
+    lengths = np.where(rows >= 0, matrix.indptr[safe + 1] - starts, 0)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+    return offsets, lengths
+
+
+def _take_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+    """``matrix[rows]`` keeping each row's stored order; rows < 0 give empty rows."""
+    offsets, lengths = _row_entries(matrix, rows)
+    indptr = np.r_[0, np.cumsum(lengths)]
+    return sp.csr_matrix(
+        (matrix.data[offsets], matrix.indices[offsets], indptr), shape=(len(lengths), matrix.shape[1])
+    )
+
+
 def _gather_rows(matrix: sp.csr_matrix, rows: np.ndarray, row_weights: np.ndarray, size: int) -> np.ndarray:
     """Dense ``row_weights @ matrix[rows]`` without building the slice."""
     starts, ends = matrix.indptr[rows], matrix.indptr[rows + 1]
@@ -157,6 +177,114 @@ def _gather_rows(matrix: sp.csr_matrix, rows: np.ndarray, row_weights: np.ndarra
     offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
     weights = matrix.data[offsets] * np.repeat(row_weights, lengths)
     return np.bincount(matrix.indices[offsets], weights=weights, minlength=size)
+
+
+@dataclass(frozen=True)
+class _Log:
+    """The events and catalog parsed into arrays: what every fit of the same frames shares."""
+
+    item_ids: np.ndarray
+    item_index: dict[str, int]
+    user_index: dict[str, int]
+    user_codes: np.ndarray
+    behavior_codes: np.ndarray
+    behaviors: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+    item_codes: np.ndarray
+    is_search: np.ndarray
+    is_rating_event: np.ndarray
+    category_codes: np.ndarray
+    n_categories: int
+
+
+def _parse_log(events: pd.DataFrame, items: pd.DataFrame) -> _Log:
+    item_ids = items["item_id"].astype(str).to_numpy(dtype=object)
+    catalog = pd.Index(item_ids)
+    if not catalog.is_unique:
+        raise DataError("items frame has duplicate item_id values", column="item_id")
+    user_codes, users = pd.factorize(events["user_id"].astype(str), sort=False)
+    behavior_codes, behavior_names = pd.factorize(events["behavior"].astype(str).str.lower())
+    behaviors = np.asarray(behavior_names, dtype=object)
+    value = events["value"].to_numpy(dtype="float64") if "value" in events else np.full(len(events), np.nan)
+    event_items, distinct_items = pd.factorize(events["item_id"].astype(str))
+    item_codes = catalog.get_indexer(distinct_items)[event_items] if len(distinct_items) else event_items
+    category = items["category"] if "category" in items else pd.Series([None] * len(item_ids))
+    codes, cats = pd.factorize(category.astype(object).where(category.notna(), None), sort=False)
+    return _Log(
+        item_ids=item_ids,
+        item_index={item: i for i, item in enumerate(item_ids)},
+        user_index={str(user): i for i, user in enumerate(users)},
+        user_codes=user_codes,
+        behavior_codes=behavior_codes,
+        behaviors=behaviors,
+        ts=events["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64"),
+        value=value,
+        item_codes=item_codes,
+        is_search=behaviors[behavior_codes] == "search",
+        is_rating_event=behaviors[behavior_codes] == "rating",
+        category_codes=np.where(codes < 0, len(cats), codes),  # items without a category: one group
+        n_categories=len(cats) + 1,
+    )
+
+
+def _fit_item_text(
+    items: pd.DataFrame, fields: tuple[str, ...]
+) -> tuple[TfidfVectorizer, sp.csr_matrix] | None:
+    """TF-IDF vectors of the items' ``fields`` (None: no usable text at all)."""
+    text = pd.Series([""] * len(items), index=items.index, dtype=object)
+    for column in fields:
+        if column in items:
+            text = text + " " + items[column].astype(object).where(items[column].notna(), "").astype(str)
+    vectorizer = TfidfVectorizer(dtype=np.float64)
+    try:
+        return vectorizer, vectorizer.fit_transform(text.tolist()).tocsr()
+    except ValueError:  # empty vocabulary
+        return None
+
+
+def _similarity_key(cfg: RetrieverConfig) -> tuple[Any, ...]:
+    """Every setting the item-item similarity depends on."""
+    window = cfg.window if cfg.window and cfg.window_weight > 0 else None
+    return (
+        cfg.rating_mode,
+        tuple(sorted(cfg.behavior_weights.items())),
+        window,
+        cfg.window_weight if window else None,
+        cfg.shrink,
+        cfg.neighbors,
+    )
+
+
+class FitCache:
+    """Work that fits of the same ``events``/``items`` frames can share (retriever tuning).
+
+    Parts that depend only on the frames (ids and codes, timestamps), or on the frames and a
+    few settings (TF-IDF vectors: ``content_fields``; the item-item similarity: the settings in
+    ``_similarity_key``), are computed once and keyed by those settings, so a fit through the
+    cache equals a fit without it. Only the ``keep_similarities`` most recently used similarity
+    matrices are kept (they are the large part).
+    """
+
+    def __init__(self, events: pd.DataFrame, items: pd.DataFrame, keep_similarities: int = 2) -> None:
+        self.events, self.items = events, items
+        self.keep_similarities = keep_similarities
+        self._parts: dict[tuple[Any, ...], Any] = {}
+        self._similarities: dict[tuple[Any, ...], sp.csr_matrix] = {}
+
+    def part(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        if key not in self._parts:
+            self._parts[key] = build()
+        return self._parts[key]
+
+    def similarity(self, key: tuple[Any, ...], build: Callable[[], sp.csr_matrix]) -> sp.csr_matrix:
+        matrix = self._similarities.pop(key, None)
+        if matrix is None:
+            matrix = build()
+        self._similarities[key] = matrix  # most recently used last
+        while len(self._similarities) > self.keep_similarities:
+            del self._similarities[next(iter(self._similarities))]
+        return matrix
 
 
 class Retriever:
@@ -174,6 +302,7 @@ class Retriever:
         self._category_popularity: np.ndarray = np.zeros(0)
         self._category_code: np.ndarray = np.zeros(0, dtype=np.int64)
         self._n_categories = 0
+        self._category_matrix: sp.csr_matrix | None = None  # item × category indicator, built on demand
         self._tiebreak: np.ndarray = np.zeros(0, dtype=np.int64)
         self._vectorizer: TfidfVectorizer | None = None
         self._item_vectors: sp.csr_matrix | None = None
@@ -183,9 +312,18 @@ class Retriever:
 
     @classmethod
     def fit(
-        cls, events: pd.DataFrame, items: pd.DataFrame, config: RetrieverConfig | None = None
+        cls,
+        events: pd.DataFrame,
+        items: pd.DataFrame,
+        config: RetrieverConfig | None = None,
+        *,
+        cache: FitCache | None = None,
     ) -> Retriever:
-        """Fit every source on canonical ``events``/``items`` frames (docs/CONTRACT.md)."""
+        """Fit every source on canonical ``events``/``items`` frames (docs/CONTRACT.md).
+
+        ``cache``: a :class:`FitCache` of these very frames, to share the work that does not
+        depend on ``config`` between fits (tuning); the result is the same with or without it.
+        """
         self = cls()
         self.config = cfg = config or RetrieverConfig()
         for frame, name, columns in (
@@ -195,27 +333,17 @@ class Retriever:
             missing = [c for c in columns if c not in frame.columns]
             if missing:
                 raise DataError(f"{name} frame lacks required column(s) {missing}", column=missing[0])
+        if cache is None:
+            cache = FitCache(events, items)
+        elif cache.events is not events or cache.items is not items:
+            raise ValueError("this FitCache was made for other events/items frames")
 
-        self.item_ids = items["item_id"].astype(str).to_numpy(dtype=object)
-        n_items = len(self.item_ids)
-        catalog = pd.Index(self.item_ids)
-        if not catalog.is_unique:
-            raise DataError("items frame has duplicate item_id values", column="item_id")
-        self._item_index = {item: i for i, item in enumerate(self.item_ids)}
-
-        user_codes, users = pd.factorize(events["user_id"].astype(str), sort=False)
-        n_users = len(users)
-        self._user_index = {str(user): i for i, user in enumerate(users)}
-        behavior_codes, behavior_names = pd.factorize(events["behavior"].astype(str).str.lower())
-        behaviors = np.asarray(behavior_names, dtype=object)
-        ts = events["timestamp"].to_numpy(dtype="datetime64[ns]").view("int64")
-        value = (
-            events["value"].to_numpy(dtype="float64") if "value" in events else np.full(len(events), np.nan)
-        )
-        event_items, distinct_items = pd.factorize(events["item_id"].astype(str))
-        item_codes = catalog.get_indexer(distinct_items)[event_items] if len(distinct_items) else event_items
-        is_search = behaviors[behavior_codes] == "search"
-        is_rating_event = behaviors[behavior_codes] == "rating"
+        log = cache.part(("log",), lambda: _parse_log(events, items))
+        self.item_ids, self._item_index, self._user_index = log.item_ids, log.item_index, log.user_index
+        n_items, n_users = len(log.item_ids), len(log.user_index)
+        user_codes, ts, value, item_codes = log.user_codes, log.ts, log.value, log.item_codes
+        behavior_codes, behaviors = log.behavior_codes, log.behaviors
+        is_search, is_rating_event = log.is_search, log.is_rating_event
 
         # behavior weight of each event (vectorized behavior_weight)
         per_behavior = [cfg.behavior_weights.get(b, DEFAULT_UNKNOWN_WEIGHT) for b in behaviors]
@@ -271,7 +399,9 @@ class Retriever:
 
         self._similarity = sp.csr_matrix((n_items, n_items))
         if cfg.weights.get("cooccurrence", 0) > 0:
-            self._similarity = self._item_similarity(interactions)
+            self._similarity = cache.similarity(
+                _similarity_key(cfg), lambda: self._item_similarity(interactions)
+            )
 
         # popularity: time-decayed, global and within category
         age_days = (ts.max(initial=0) - t) / _NS_PER_DAY if len(t) else t
@@ -279,18 +409,15 @@ class Retriever:
         pop = np.bincount(i[positive], weights=pop_weight[positive], minlength=n_items)
         self._tiebreak = np.argsort(np.lexsort((np.arange(n_items), -pop)))  # rank: popular first
         self._popularity = pop / pop.max() if n_items and pop.max() > 0 else pop
-        category = items["category"] if "category" in items else pd.Series([None] * n_items)
-        codes, cats = pd.factorize(category.astype(object).where(category.notna(), None), sort=False)
-        codes = np.where(codes < 0, len(cats), codes)  # items without a category form one group
-        self._n_categories = len(cats) + 1
-        self._category_code = codes
+        codes = self._category_code = log.category_codes
+        self._n_categories = log.n_categories
         cat_max = np.zeros(self._n_categories)
         np.maximum.at(cat_max, codes, pop)
         self._category_popularity = np.divide(
             pop, cat_max[codes], out=np.zeros(n_items), where=cat_max[codes] > 0
         )
 
-        self._fit_text(items, events, user_codes, is_search, ts, last, n_users)
+        self._fit_text(items, events, user_codes, is_search, ts, last, n_users, cache)
         return self
 
     def _item_similarity(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
@@ -320,19 +447,16 @@ class Retriever:
         ts: np.ndarray,
         last: np.ndarray,
         n_users: int,
+        cache: FitCache,
     ) -> None:
         cfg = self.config
         if cfg.weights.get("content", 0) <= 0 and cfg.weights.get("search", 0) <= 0:
             return
-        text = pd.Series([""] * len(items), index=items.index, dtype=object)
-        for column in cfg.content_fields:
-            if column in items:
-                text = text + " " + items[column].astype(object).where(items[column].notna(), "").astype(str)
-        vectorizer = TfidfVectorizer(dtype=np.float64)
-        try:
-            self._item_vectors = vectorizer.fit_transform(text.tolist()).tocsr()
-        except ValueError:  # empty vocabulary: no usable text at all
+        fields = tuple(cfg.content_fields)
+        fitted = cache.part(("text", fields), lambda: _fit_item_text(items, fields))
+        if fitted is None:  # empty vocabulary: no usable text at all
             return
+        vectorizer, self._item_vectors = fitted
         self._vectorizer = vectorizer
         if "text" not in events:
             return
@@ -342,7 +466,9 @@ class Retriever:
             return
         rows = user_codes[has_text]
         recency = _decay((last[rows] - ts[has_text]) / _NS_PER_DAY, cfg.half_life_days)
-        vectors = vectorizer.transform([str(x) for x in texts[has_text]])
+        vectors = cache.part(
+            ("searches", fields), lambda: vectorizer.transform([str(x) for x in texts[has_text]])
+        )
         owner = sp.csr_matrix((recency, (rows, np.arange(len(rows)))), shape=(n_users, len(rows)))
         self._searches = (owner @ vectors).tocsr()
 
@@ -420,6 +546,100 @@ class Retriever:
             if norm > 0:
                 vector += self.config.search_history_weight * history / norm
         return vector if vector.any() else None
+
+    def batch_scores(self, user_ids: Sequence[str], exclude_consumed: bool = True) -> np.ndarray:
+        """Blended scores of many users at once (no ``query``, no extra ``exclude``).
+
+        Row ``k`` equals ``scores(user_ids[k], exclude_consumed=exclude_consumed)[0]`` bit for
+        bit (``tests/test_candidates.py`` checks it): the same products and sums in the same
+        order, since sparse products over the users' profile rows accumulate over a user's items
+        (or an item's terms) in the stored order, as ``_gather_rows``/``csr_matvec`` do. Every
+        source is >= 0, so an eligible item's ``value / top`` is already in [0, 1] (the clip in
+        ``scores`` changes nothing there) and a source with ``top == 0`` adds exact zeros;
+        consumed items only need to drop out of each ``top``: they are zeroed, then set to -inf.
+        Dense ``len(user_ids) × n_items``: pass blocks of users.
+        """
+        cfg, weights = self.config, self.config.weights
+        n_items, n_users = len(self.item_ids), len(user_ids)
+        rows = np.fromiter((self._user_index.get(str(u), -1) for u in user_ids), np.int64, n_users)
+        profile = _take_rows(self._profile, rows)
+        has_profile = np.diff(profile.indptr) > 0
+        consumed = (np.zeros(0, dtype=np.int64),) * 2
+        if exclude_consumed:
+            offsets, lengths = _row_entries(self._consumed, rows)
+            consumed = (np.repeat(np.arange(n_users), lengths), self._consumed.indices[offsets])
+
+        blended = np.zeros((n_users, n_items))
+
+        def add(name: str, values: np.ndarray) -> None:  # users × items, C order; modified
+            values[consumed] = 0.0
+            top = values.max(axis=1, initial=0.0)
+            values /= np.where(top > 0, top, 1.0)[:, None]
+            values *= weights.get(name, 0)
+            blended.__iadd__(values)
+
+        if weights.get("cooccurrence", 0) > 0 and has_profile.any():
+            add("cooccurrence", (profile @ self._similarity).toarray())
+        if weights.get("popularity", 0) > 0:
+            if cfg.category_share > 0 and has_profile.any():
+                if self._category_matrix is None:
+                    self._category_matrix = sp.csr_matrix(
+                        (np.ones(n_items), (np.arange(n_items), self._category_code)),
+                        shape=(n_items, self._n_categories),
+                    )
+                affinity = (profile @ self._category_matrix).toarray()  # users × categories
+                top = affinity.max(axis=1)
+                affinity /= np.where(top > 0, top, 1.0)[:, None]
+                pop = affinity[:, self._category_code]
+                pop *= self._category_popularity
+                pop *= cfg.category_share
+                pop += (1 - cfg.category_share) * self._popularity
+                pop[~has_profile] = self._popularity
+            else:
+                pop = np.tile(self._popularity, (n_users, 1))
+            add("popularity", pop)
+        if self._item_vectors is not None:
+            vectors = self._item_vectors
+            if weights.get("content", 0) > 0 and has_profile.any():
+                content = vectors @ (profile @ vectors).T.toarray()  # items × users
+                add("content", np.ascontiguousarray(content.T))
+            if weights.get("search", 0) > 0 and self._searches is not None and cfg.search_history_weight > 0:
+                searching = np.zeros((vectors.shape[1], n_users))
+                for k in np.flatnonzero(rows >= 0):
+                    row = int(rows[k])
+                    if self._searches.indptr[row + 1] > self._searches.indptr[row]:
+                        vector = self._search_vector(row, None)
+                        if vector is not None:
+                            searching[:, k] = vector
+                if searching.any():
+                    add("search", np.ascontiguousarray((vectors @ searching).T))
+        blended[consumed] = -np.inf
+        return blended
+
+    def target_ranks(self, user_ids: Sequence[str], targets: Sequence[str], block: int = 32) -> np.ndarray:
+        """1-based position of ``targets[k]`` in ``candidates(user_ids[k], n=None)``; 0 if absent.
+
+        Exact and batched (``block`` users at a time; small blocks keep the dense arrays in
+        cache): the position counts the eligible items scored higher, plus those tied with the
+        target and ahead of it in the popularity tie-break, as ``candidates`` orders them.
+        """
+        ranks = np.zeros(len(user_ids), dtype=np.int64)
+        columns = np.fromiter((self._item_index.get(str(t), -1) for t in targets), np.int64, len(targets))
+        for start in range(0, len(user_ids), block):
+            cols = columns[start : start + block]
+            found = np.flatnonzero(cols >= 0)
+            if not len(found):
+                continue
+            scores = self.batch_scores([user_ids[start + int(k)] for k in found])
+            target = cols[found]
+            score = scores[np.arange(len(found)), target][:, None]
+            ahead = (scores > score).sum(axis=1)
+            level = (scores >= score).sum(axis=1)  # ahead, the target and items tied with it
+            for k in np.flatnonzero(level > ahead + 1):  # ties: the tie-break decides
+                tied = (scores[k] == score[k]) & (self._tiebreak < self._tiebreak[target[k]])
+                ahead[k] += int(tied.sum())
+            ranks[start + found] = np.where(np.isfinite(score[:, 0]), 1 + ahead, 0)
+        return ranks
 
     def candidates(
         self,
