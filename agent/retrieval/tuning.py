@@ -56,30 +56,9 @@ SEARCH_SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
 )
 
 
-START = RetrieverConfig(
-    neighbors=400,
-    shrink=50.0,
-    half_life_events=3.0,
-    window=10,
-    window_weight=2.0,
-    weights={**RetrieverConfig().weights, "content": 0.2},
-)
-"""Where ``tune`` starts by default: a compromise between ML-100K and Amazon Games.
-
-Provenance (2026-12-02): chosen on validation targets only — the split ``validation_split``
-cuts from the training split of ``recagent evaluate --backend fallback --protocol full``
-(each user's last training interaction held out; the seeded sample of 2,000 users ``tune``
-uses) on ML-100K (``--dataset movielens``) and Amazon Games (``--dataset amazon-seq``,
-``Games-6k.test.inter`` histories). A grid over ``neighbors`` {200, 400}, ``shrink`` {20, 50},
-``window`` {None, 10, 20}, ``window_weight`` {1, 2, 3}, ``half_life_events`` {2, 3} and the
-content/popularity weights {0.1, 0.2} was scored with ``evaluate_config`` (NDCG@10 + hit@50;
-``scripts/bench_retrieval.py --start-grid``). Of the points no worse than ``RetrieverConfig()``
-on either data set, this one is closest to each data set's best in the worse of the two
-(ML-100K 0.634 vs 0.472 for the defaults, Amazon 0.354 vs 0.353; the best single-data-set
-points scored 0.690 and 0.369), so the search needs fewer trials to reach either optimum. The built-in ``RetrieverConfig()``
-defaults are left as they are: the recorded demo/chat cassettes and every ``--no-tune``
-number depend on them. Numbers: docs/BENCHMARKS.md.
-"""
+START = RetrieverConfig()
+"""Where ``tune`` starts by default: the built-in defaults, themselves the validation-chosen
+compromise between ML-100K and Amazon Games (provenance: ``RetrieverConfig``'s docstring)."""
 
 
 @dataclass(frozen=True)
