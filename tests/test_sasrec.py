@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from scripts.bench_retrieval import evaluate, movielens_split, popularity_ranker  # noqa: E402
-from scripts.sasrec import SASRecConfig, sasrec_ranker, windows  # noqa: E402
+from scripts.bench_retrieval import evaluate, movielens_split, popularity_ranker
+from scripts.sasrec import SASRecConfig, sasrec_ranker, windows
 
 N_ITEMS, N_USERS, LENGTH = 30, 200, 12
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
