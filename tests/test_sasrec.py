@@ -46,7 +46,7 @@ def test_sasrec_beats_popularity_on_a_sequential_pattern() -> None:
     train, targets = movielens_split(events, 1)  # test: the last step, never seen in training
     config = SASRecConfig(
         max_len=10, hidden=32, blocks=1, heads=1, inner=64, dropout=0.1, lr=5e-3,
-        batch_targets=256, max_epochs=15, patience=3, top=20,
+        batch_targets=256, max_epochs=15, patience=3, top=20, threads=1,
     )  # fmt: skip
     sasrec = evaluate(sasrec_ranker(train, items, valid_events, valid_targets, config), targets)
     popularity = evaluate(popularity_ranker(train, items), targets)
@@ -60,7 +60,7 @@ def test_rankings_exclude_history_and_are_seeded() -> None:
     events, items = cycle_data(seed=1)
     valid_events, valid_targets = movielens_split(events, 2)
     train, _ = movielens_split(events, 1)
-    config = SASRecConfig(max_len=10, hidden=16, blocks=1, heads=1, inner=32, max_epochs=2, top=10)
+    config = SASRecConfig(max_len=10, hidden=16, blocks=1, heads=1, inner=32, max_epochs=1, top=10, threads=1)
     users = sorted(valid_targets)[:20]
     first = sasrec_ranker(train, items, valid_events, valid_targets, config)(users)
     second = sasrec_ranker(train, items, valid_events, valid_targets, config)(users)
