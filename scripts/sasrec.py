@@ -188,7 +188,10 @@ def _batches(samples: list, batch_targets: int, rng: np.random.Generator) -> lis
 def top_items(
     model: SASRec, histories: Sequence[list[int]], max_len: int, top: int, batch_size: int = 512
 ) -> np.ndarray:
-    """(users, top) item indices (1-based) ranked over the full catalog, each history's items excluded."""
+    """(users, top) item indices (1-based) ranked over the full catalog, each history's items excluded.
+
+    0 fills the row's tail when the history leaves fewer than ``top`` items to rank.
+    """
     model.eval()
     out = []
     with torch.no_grad():
@@ -204,7 +207,8 @@ def top_items(
                     scores[row, torch.tensor(h)] = -torch.inf
                 else:  # no history: the padding vector's output carries no signal; keep the order stable
                     scores[row, 1:] = 0.0
-            out.append(torch.topk(scores, min(top, scores.shape[1] - 1), dim=1).indices.numpy())
+            best = torch.topk(scores, min(top, scores.shape[1] - 1), dim=1)
+            out.append(best.indices.masked_fill(best.values == -torch.inf, 0).numpy())
     return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)
 
 
@@ -317,7 +321,7 @@ def sasrec_ranker(
 
     def rank(users: Sequence[str]) -> list[list[str]]:
         top = top_items(result.model, [test_histories.get(u, []) for u in users], config.max_len, config.top)
-        return [[str(ids[j]) for j in row] for row in top]
+        return [[str(ids[j]) for j in row if j > 0] for row in top]
 
     loss = (
         "full-catalog CE" if config.negatives is None else f"sampled softmax ({config.negatives} negatives)"

@@ -69,3 +69,13 @@ def test_rankings_exclude_history_and_are_seeded() -> None:
     for user, top in zip(users, first, strict=True):
         assert len(top) == 10 and len(set(top)) == 10
         assert not set(top) & seen[user]
+
+
+def test_a_history_covering_the_catalog_leaves_only_unseen_items() -> None:
+    events, items = cycle_data(seed=2)
+    valid_events, valid_targets = movielens_split(events, 2)
+    train, _ = movielens_split(events, 1)
+    config = SASRecConfig(max_len=10, hidden=16, blocks=1, heads=1, inner=32, max_epochs=1, top=25, threads=1)
+    (top,) = sasrec_ranker(train, items, valid_events, valid_targets, config)(["u0"])
+    seen = set(train.loc[train["user_id"] == "u0", "item_id"])
+    assert set(top) == set(items["item_id"]) - seen  # 19 unseen items, not 25 with seen ones
