@@ -70,9 +70,9 @@ AMAZON_CONFIG = RetrieverConfig(
 IMPLICIT_ML = {"cosine_k": 20, "als_factors": 32, "als_reg": 0.01, "als_alpha": 1.0}
 IMPLICIT_AMAZON = {"cosine_k": 1000, "als_factors": 128, "als_reg": 0.01, "als_alpha": 40.0}
 # SASRec (scripts/sasrec.py): RecBole's defaults, not tuned; Amazon's 16,859-item softmax is
-# sampled so training fits a 2-core CPU. Epoch caps bound the run time (notes say if hit).
+# sampled so training fits a 2-core CPU. Epoch caps bound the run time (the notes say if one was hit).
 SASREC_ML = {"max_len": 50, "max_epochs": 60, "patience": 5}
-SASREC_AMAZON = {"max_len": 50, "max_epochs": 14, "patience": 3, "negatives": 1024}
+SASREC_AMAZON = {"max_len": 50, "max_epochs": 40, "patience": 3, "negatives": 1024}
 
 
 # --------------------------------------------------------------------------- splits
