@@ -13,8 +13,9 @@ RecBole 1.2's ``SASRec`` with its default hyperparameters and ``loss_type: CE``:
   loss), Adam lr 1e-3, no weight decay; ``negatives=K`` switches to a sampled softmax
   (the target against K items drawn uniformly per batch) where the full softmax is too
   slow on a CPU — the bench uses it for Amazon Games (16,859 items) and says so;
-* early stopping on validation NDCG@10 (patience 10 epochs, as RecBole's
-  ``stopping_step``); the best epoch's weights are kept.
+* early stopping on validation NDCG@10 (default patience 10 epochs, as RecBole's
+  ``stopping_step``; the bench uses 5 for ML-100K and 3 for Games to fit its time budget);
+  the best epoch's weights are kept.
 
 One difference in training-sample construction, for CPU speed: RecBole makes one sample
 per prefix of every history and scores only its last position; here each history is cut
