@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# The bench extra too: tests/test_sasrec.py needs torch (CPU build; offline from the local index
+# it adds about 20 s to an existing venv, under a minute with implicit to a fresh one).
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: install
@@ -27,7 +29,6 @@ test: lint
 	$(BIN)/pytest -n auto --dist worksteal
 
 bench: install
-	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python scripts/bench_retrieval.py
 
 clean:
