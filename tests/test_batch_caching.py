@@ -23,7 +23,7 @@ from agent.data.loading import align_catalog, load_events, load_items
 from agent.llm.client import LLMConfig
 from agent.llm.prompt_cache import OPENAI, CachePolicy, PrefixCache, common_prefix, prompt_tokens_of
 from agent.prompting.tokens import PriceTable, count_messages
-from agent.recommender import PreparedRequest, RecommenderAgent
+from agent.recommender import AgentConfig, PreparedRequest, RecommenderAgent
 from agent.testing.loopback import LoopbackServer, Reply
 from agent.testing.standin_model import respond
 from tests.conftest import ROOT, SAMPLE
@@ -311,3 +311,39 @@ def test_the_batch_api_collector_reads_cached_tokens_and_prices_them_at_the_cach
     assert collected["this_collect_cost_usd"] == pytest.approx(
         one * requests, abs=1e-6
     )  # rounded to 6 places
+
+
+# -- the shared reply schema: OpenAI's own rule, the real prompts ---------------------------------
+@pytest.fixture(scope="module")
+def schema_shared_agent(frames: tuple[Any, Any]) -> RecommenderAgent:
+    return RecommenderAgent(*frames, None, AgentConfig(reply_schema="shared"))
+
+
+def test_typical_replies_validate_in_the_shared_envelope(schema_shared_agent: RecommenderAgent) -> None:
+    for user in USERS[:3]:
+        for prepared in (
+            schema_shared_agent.prepare_profile(user),
+            schema_shared_agent.prepare_recommend(user, k=10),
+        ):
+            reply = typical_reply(prepared.context)
+            assert set(reply) == {"profile", "ranking"}
+            prepared.context.output_model().model_validate(reply)
+
+
+def test_shared_schema_batch_gets_the_cache_the_dry_run_expects(
+    schema_shared_agent: RecommenderAgent, tmp_path: Path
+) -> None:
+    """The real templates and OpenAI's rule (schema in the prefix): with one schema for both
+    tasks, each user's recommend request is billed partly as cached, as the dry run says."""
+    with LoopbackServer(
+        responder=lambda body: Reply(content=respond(body)), prompt_cache=PrefixCache(OPENAI)
+    ) as server:
+        summary = run(schema_shared_agent, server, tmp_path / "out")
+    progress = summary.progress
+    assert summary.results == 2 * len(USERS) and summary.failures == 0
+    assert progress.cached_tokens == server.stats.cached_tokens >= 1024 * len(USERS)
+    estimate = dry_run(
+        schema_shared_agent, config_for(), BatchSettings(out_dir=tmp_path / "dry", users=USERS)
+    )
+    assert estimate["cached_prompt_tokens_expected"] == progress.cached_tokens
+    assert estimate["cost_usd_expected"] < estimate["cost_usd_expected_no_cache"]

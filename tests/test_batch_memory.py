@@ -95,7 +95,11 @@ class Probe:
         if s.users_finished in self.marks and s.users_finished not in self.counts:
             gc.collect()
             self.counts[s.users_finished] = Counter(
-                type(o).__name__ for o in gc.get_objects() if isinstance(o, RUNNER_TYPES)
+                # type(), not isinstance(): isinstance reads __class__, which some modules'
+                # deprecated objects (torch.distributed.reduce_op) answer with a warning
+                type(o).__name__
+                for o in gc.get_objects()
+                if issubclass(type(o), RUNNER_TYPES)
             )
 
 

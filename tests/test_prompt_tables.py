@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from agent.testing.standin_model import parse_data_blocks
 
 SAMPLE = Path(__file__).resolve().parents[1] / "fixtures" / "sample"
 HOSTILE = st.lists(
-    st.sampled_from([*"aZ09 \"'<>&,|[]{}\\/:\n\t", "</data>", '", "', "é", "😀"]), max_size=20
+    st.sampled_from([*"aZ09 \"'<>&,|[]{}\\/:\n\t\u2028\u2029\x85", "</data>", '", "', "é", "😀"]), max_size=20
 ).map("".join)
 ITEMS = st.sampled_from(["SKU-1", "SKU-2", "B00004SVXX", "42"])
 CATALOG = {
@@ -43,11 +44,25 @@ def histories(draw: st.DrawFn) -> list[HistoryLine]:
                 title=title,
                 category=category,
                 price=price,
-                value=draw(st.one_of(st.none(), st.sampled_from([5.0, 4.5, 0.0, -0.0, 19.99, 1e16]))),
+                value=draw(
+                    st.one_of(
+                        st.none(),
+                        st.sampled_from([5.0, 4.5, 0.0, -0.0, 19.99, 1e16, math.inf, -math.inf, math.nan]),
+                    )
+                ),
                 text=draw(st.one_of(st.none(), HOSTILE)),
             )
         )
     return lines
+
+
+def readable(value: object) -> object:
+    """What a row can carry: no inf/NaN (null), line separators as "\n" (see tables._plain)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return value.replace("\u2028", "\n").replace("\u2029", "\n").replace("\x85", "\n")
+    return value
 
 
 def render_profile(history: list[HistoryLine]) -> str:
@@ -63,7 +78,7 @@ def test_every_field_of_every_shown_event_can_be_read_back(history: list[History
     read = blocks["history"]
     assert len(read) == len(history)
     for line, row in zip(history, read, strict=True):
-        expected = {k: v for k, v in line.model_dump().items() if v is not None}
+        expected = {k: readable(v) for k, v in line.model_dump().items() if readable(v) is not None}
         assert {k: v for k, v in row.items() if v is not None} == expected
     assert f'shown="{len(history)}" of="400"' in attrs["history"]
 

@@ -71,7 +71,7 @@ def test_rankings_exclude_history_and_are_seeded() -> None:
         assert not set(top) & seen[user]
 
 
-def test_a_history_covering_the_catalog_leaves_only_unseen_items() -> None:
+def test_fewer_unseen_items_than_the_list_length_leaves_only_unseen_items() -> None:
     events, items = cycle_data(seed=2)
     valid_events, valid_targets = movielens_split(events, 2)
     train, _ = movielens_split(events, 1)

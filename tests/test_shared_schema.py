@@ -65,6 +65,8 @@ def test_shared_schema_end_to_end_reports_cached_tokens_and_grounds_ids(frames: 
 
     def responder(body: dict[str, Any]) -> Reply:
         reply = json.loads(respond(body))
+        if reply.get("profile"):  # evidence the shown history does not hold
+            reply["profile"]["interests"][0]["evidence"].append("SKU-NOT-IN-HISTORY")
         if invent["on"] and reply.get("ranking"):
             items = reply["ranking"]["items"]
             items.insert(0, {"item_id": "SKU-INVENTED", "score": 1.0, "reason": "x", "evidence": []})
@@ -78,6 +80,7 @@ def test_shared_schema_end_to_end_reports_cached_tokens_and_grounds_ids(frames: 
             profile = agent.profile(USER)
             assert profile.profile.interests and profile.usage["cached_tokens"] == 0
             shown = set(agent.prepare_profile(USER).context.history_ids)
+            assert profile.profile.interests[0].evidence  # the real evidence stays
             assert all(e in shown for i in profile.profile.interests for e in i.evidence)
             first = agent.recommend(USER, k=5)
             assert first.usage["cached_tokens"] >= 1024  # schema, system message and history

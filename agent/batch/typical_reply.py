@@ -30,8 +30,8 @@ from typing import Any
 from agent.prompting.tokens import encoding_for
 from agent.ranking.replies import ReplyContext
 
-TYPICAL_REASON_WORDS = 18
-"""One sentence naming what in the history makes the item a fit."""
+TYPICAL_REASON_WORDS = 15
+"""The reason's cap in the prompt ("a reason of at most 15 words"): an upper-end estimate."""
 TYPICAL_SUMMARY_WORDS = 50
 """Two or three plain sentences."""
 TYPICAL_INTERESTS = 5
@@ -63,7 +63,16 @@ def _ids(pool: list[str], n: int, offset: int = 0) -> list[str]:
 
 
 def typical_reply(context: ReplyContext) -> dict[str, Any]:
-    """The typical reply to the request ``context`` describes (see the module docstring)."""
+    """The typical reply to the request ``context`` describes (see the module docstring), in the
+    shared ``AgentReply`` envelope when the request uses the shared reply schema."""
+    answer = _typical_answer(context)
+    if not context.shared_schema:
+        return answer
+    task_field = "profile" if context.task == "profile" else "ranking"
+    return {"profile": None, "ranking": None} | {task_field: answer}
+
+
+def _typical_answer(context: ReplyContext) -> dict[str, Any]:
     recent = list(reversed(context.history_ids))
     if context.task == "recommend":
         shown = context.shown or [c.item_id for c in context.candidates]

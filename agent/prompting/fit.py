@@ -46,9 +46,10 @@ def fit_prompt(
     ``fit_lines``. Raises ``ConfigError`` when even an empty history does not fit and
     ``TemplateError`` when the template fails.
     """
-    rows = sorted(keep_priority(user_events)[:max_events])
+    priority = keep_priority(user_events)[:max_events]
+    rows = sorted(priority)
     lines = dict(zip(rows, history_lines(user_events, catalog, scrubber, rows), strict=True))
-    return fit_lines(renderer, build, user_events, lines, model, budget, max_events)
+    return fit_lines(renderer, build, user_events, lines, model, budget, max_events, priority=priority)
 
 
 def fit_lines(
@@ -59,13 +60,16 @@ def fit_lines(
     model: str,
     budget: int,
     max_events: int,
+    *,
+    priority: list[int] | None = None,
 ) -> tuple[RenderedPrompt, list[HistoryLine]]:
     """``fit_prompt`` with the lines given: ``lines[row]`` for every row that may be shown.
 
     The kept lines are the longest prefix of ``keep_priority(user_events)[:max_events]`` whose
     prompt counts at most ``budget`` tokens (``count_messages``), in time order.
     """
-    priority = keep_priority(user_events)[:max_events]
+    if priority is None:  # (fit_prompt passes the one it computed)
+        priority = keep_priority(user_events)[:max_events]
     rendered: dict[int, RenderedPrompt] = {}
 
     def measure(kept_rows: list[int]) -> int:

@@ -158,7 +158,9 @@ class _RankingAgentReply(AgentReply):
 
 # Same name and title as AgentReply: the request body (schema and its name) must be identical
 # for both tasks, or providers see two prefixes; the validators above are not in the schema.
+# (Only these two are ever sent; AgentReply's own schema differs from theirs by its docstring.)
 _ProfileAgentReply.__name__ = _RankingAgentReply.__name__ = "AgentReply"
+_ProfileAgentReply.__qualname__ = _RankingAgentReply.__qualname__ = "AgentReply"
 
 
 def shared_reply_model(task: Literal["profile", "recommend"]) -> type[AgentReply]:

@@ -16,11 +16,14 @@ escaped exactly as before and a title with commas, pipes or quotes cannot break 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+
+from agent.data.loading import plain_line_breaks
 
 Record = Mapping[str, Any] | BaseModel
 """A history or candidate line: the model, or its JSON dump (what templates are given)."""
@@ -68,7 +71,18 @@ def _field(record: Record, name: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """A whole-number float as an int (``5.0`` -> ``5``): same number, fewer tokens."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+    """A cell as a JSON row can carry it, one row per line.
+
+    A whole-number float becomes an int (``5.0`` -> ``5``, ``-0.0`` -> ``0``: same number,
+    fewer tokens); inf and NaN, which JSON cannot write, become null (no price, no value);
+    U+2028, U+2029 and U+0085 in text become "\n" (escaped in the row), because a reader
+    that splits lines on them would break the row in two (the loaders repair them too).
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    elif isinstance(value, str):
+        return plain_line_breaks(value)
     return value

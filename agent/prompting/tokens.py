@@ -202,9 +202,9 @@ def count_messages(messages: Sequence[Mapping[str, Any]], model: str) -> int:
 
 
 # -- exact counting from cached pieces ------------------------------------------------------
-# A prompt is mostly lines that recur: the static instructions (identical for every user),
-# catalog items (shared by users), a user's history lines (shared by their profile and
-# recommend prompts). Counting each line once and adding the counts is exact only where the
+# A prompt is mostly lines that recur: the static instructions (identical for every user and
+# task), catalog rows (an item's row recurs in many users' candidates and histories), a user's
+# history rows (in their profile and recommend prompts). Counting each line once and adding the counts is exact only where the
 # line ends on a boundary of tiktoken's pre-tokenizer (the regex that splits text before BPE;
 # BPE never merges across its pieces). ``split_is_exact`` says where that is proven:
 #

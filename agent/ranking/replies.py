@@ -30,6 +30,7 @@ from agent.llm.client import StructuredReply
 from agent.prompting.schemas import (
     AgentReply,
     BehaviorProfile,
+    Recommendations,
     profile_model,
     recommendations_model,
     shared_reply_model,
@@ -207,7 +208,7 @@ def interpret_rankings(
     llm_order = orders[0] if len(orders) == 1 else borda(orders)
     placed: dict[str, Any] = {}  # item id -> the first reply item that placed it (reason, evidence)
     for answer in answers:
-        for item in getattr(answer, "items", None) or []:
+        for item in answer.items if isinstance(answer, Recommendations) else []:
             placed.setdefault(item.item_id, item)
 
     out = _fused(context, titles, llm_order, placed, grounded)

@@ -63,7 +63,7 @@ class Candidate:
 
 
 def _default_weights() -> dict[str, float]:
-    # an explicit query outweighs every personal signal together (1 + 0.1 + 0.1 < 2)
+    # an explicit query outweighs every personal signal together (1 + 0.1 + 0.2 < 2)
     return {"cooccurrence": 1.0, "popularity": 0.1, "content": 0.2, "search": 2.0}
 
 

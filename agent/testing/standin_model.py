@@ -34,7 +34,7 @@ def parse_data_blocks(user_message: str) -> tuple[dict[str, list[Any]], dict[str
     blocks: dict[str, list[Any]] = {}
     attrs: dict[str, str] = {}
     for match in _BLOCK.finditer(user_message):
-        rows = [json.loads(line) for line in match.group("body").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in match.group("body").split("\n") if line.strip()]
         columns = _COLUMNS.search(match.group("attrs"))
         if columns:
             names = columns.group(1).split(", ")
