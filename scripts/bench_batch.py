@@ -75,6 +75,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchdocs import write_section  # noqa: E402
 
 from agent.batch.runner import CUSTOM_ID_HEADER, BatchSettings, Planner, Snapshot, run_batch  # noqa: E402
 from agent.data.loading import align_catalog, load_events, load_items  # noqa: E402
@@ -689,14 +692,7 @@ def memory_verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    current = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(current, encoding="utf-8")
+    write_section(text, START, END)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from benchdocs import write_section  # noqa: E402
 from export_dataset import DEFAULT_DATASETS, export  # noqa: E402
 
 START, END = "<!-- cost:start -->", "<!-- cost:end -->"
@@ -135,14 +136,7 @@ def _usd(value: float) -> str:
 
 
 def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    current = path.read_text(encoding="utf-8")
-    if START in current and END in current:
-        before, rest = current.split(START, 1)
-        current = before + text + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(current, encoding="utf-8")
+    write_section(text, START, END)
 
 
 def main() -> int:

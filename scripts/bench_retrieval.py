@@ -29,7 +29,6 @@ import itertools
 import math
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +42,9 @@ import scipy.sparse as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from benchdocs import write_section  # noqa: E402
 
 from agent.data.datasets import load_amazon_seq, load_movielens  # noqa: E402
 from agent.retrieval import tuning  # noqa: E402
@@ -496,14 +498,7 @@ def _implicit_version() -> str:
 
 
 def write_docs(section: str, path: Path = ROOT / "docs" / "BENCHMARKS.md") -> None:
-    block = f"{START}\n{section.rstrip()}\n{END}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+    write_section(f"{START}\n{section.rstrip()}\n{END}", START, END, path)
     print(f"wrote {path}")
 
 
