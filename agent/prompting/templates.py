@@ -282,33 +282,7 @@ class PromptRenderer:
         variable the inputs lack, or a template without ``system``/``user`` macros.
         """
         self.check_inputs(name, inputs)
-        return self.render_vars(name, inputs.model_dump(mode="json"))
-
-    def has_stock_filters(self) -> bool:
-        """True while ``tojson``, ``compact`` and the JSON policies are this module's."""
-        filters, policies = self._env.filters, self._env.policies
-        return (
-            filters.get("tojson") is tojson_filter
-            and filters.get("compact") is compact_filter
-            and policies["json.dumps_function"] is None
-            and policies["json.dumps_kwargs"] == JSON_DUMPS_KWARGS
-        )
-
-    @staticmethod
-    def check_inputs(name: str, inputs: BaseModel) -> None:
-        """Raise ``TemplateError`` if ``name`` takes another inputs model than ``inputs``."""
-        expected = TEMPLATE_INPUTS.get(name)
-        if expected is not None and not isinstance(inputs, expected):
-            raise TemplateError(f"template {name!r} takes {expected.__name__}, got {type(inputs).__name__}")
-
-    def render_vars(
-        self, name: str, variables: dict[str, Any], *, version: str | None = None
-    ) -> RenderedPrompt:
-        """``render`` for inputs already dumped (``model_dump(mode="json")``), unchecked.
-
-        ``version``, if given, must be ``self.version(name)``
-        as the caller just read it.
-        """
+        variables = inputs.model_dump(mode="json")
         token = _RENDER_DEADLINE.set(time.monotonic() + self.render_timeout_s)
         try:
             template = self._env.get_template(f"{name}.j2")
@@ -327,29 +301,16 @@ class PromptRenderer:
             _RENDER_DEADLINE.reset(token)
         return RenderedPrompt(
             name=name,
-            version=version or self.version(name),
+            version=self.version(name),
             messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         )
 
-    def render_macro(self, filename: str, macro: str, *args: Any) -> str:
-        """The text of macro ``macro`` of template ``filename`` (e.g. ``_base.j2``) called with ``args``.
-
-        Only for macros that use nothing but their arguments (the module has no context).
-        Raises ``TemplateError`` as ``render`` does.
-        """
-        token = _RENDER_DEADLINE.set(time.monotonic() + self.render_timeout_s)
-        try:
-            return str(getattr(self._env.get_template(filename).module, macro)(*args))
-        except jinja2.TemplateNotFound as exc:
-            raise TemplateError(
-                f"template {filename!r} not found in {', '.join(map(str, self._search))}"
-            ) from exc
-        except AttributeError as exc:
-            raise TemplateError(f"template {filename!r} has no macro {macro}()") from exc
-        except _RENDER_FAILURES as exc:
-            raise TemplateError(f"macro {macro}() of {filename!r} failed to render: {exc}") from exc
-        finally:
-            _RENDER_DEADLINE.reset(token)
+    @staticmethod
+    def check_inputs(name: str, inputs: BaseModel) -> None:
+        """Raise ``TemplateError`` if ``name`` takes another inputs model than ``inputs``."""
+        expected = TEMPLATE_INPUTS.get(name)
+        if expected is not None and not isinstance(inputs, expected):
+            raise TemplateError(f"template {name!r} takes {expected.__name__}, got {type(inputs).__name__}")
 
 
 def default_renderer(template_dir: str | None = None) -> PromptRenderer:
