@@ -360,7 +360,7 @@ def tune(name: str, events, items, targets, config: RetrieverConfig) -> None:
 
 
 def start_grid(datasets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
-    """Print the grid `agent.retrieval.tuning.START` was chosen from: NDCG@10 + hit@50 on the
+    """Print the grid the `RetrieverConfig()` defaults (where tuning starts) were chosen from: NDCG@10 + hit@50 on the
     validation split `tune` cuts from each training split (2,000 seeded users), per data set."""
     prepared = {}
     for name, (train, items) in datasets.items():
@@ -371,7 +371,7 @@ def start_grid(datasets: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> None:
     grid = itertools.product(
         (200, 400), (20.0, 50.0), (None, 10, 20), (1.0, 2.0, 3.0), (2.0, 3.0), (0.1, 0.2), (0.1, 0.2)
     )
-    print(f"\n## tuning.START grid (validation ndcg@10 + hit@50; {', '.join(prepared)})")
+    print(f"\n## RetrieverConfig() defaults grid (validation ndcg@10 + hit@50; {', '.join(prepared)})")
     for neighbors, shrink, window, window_weight, half_life, content, popularity in grid:
         if window is None and window_weight != 1.0:
             continue
@@ -514,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-users", type=int, default=0, help="seeded user sample for Amazon (0: all)")
     parser.add_argument("--tune", action="store_true", help="print the validation grids and exit")
     parser.add_argument(
-        "--start-grid", action="store_true", help="print the grid tuning.START was chosen from and exit"
+        "--start-grid",
+        action="store_true",
+        help="print the grid the RetrieverConfig() defaults were chosen from and exit",
     )
     parser.add_argument("--skip-scale", action="store_true", help="skip the 1M-event synthetic test")
     parser.add_argument("--write-docs", action="store_true", help="replace our section of docs/BENCHMARKS.md")

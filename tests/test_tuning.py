@@ -15,7 +15,6 @@ from agent.errors import ConfigError
 from agent.recommender import AgentConfig, RecommenderAgent
 from agent.retrieval.candidates import RetrieverConfig
 from agent.retrieval.tuning import (
-    START,
     TUNING_KEY,
     config_from_dict,
     config_to_dict,
@@ -123,7 +122,7 @@ def test_batched_validation_scoring_equals_the_per_user_path(config: RetrieverCo
 def test_an_exhausted_budget_stops_after_the_starting_point() -> None:
     events, items = _sequential_world()
     result = tune(events, items, time_budget_s=0.0)
-    assert (result.stopped, len(result.trials), result.config) == ("time budget", 1, START)
+    assert (result.stopped, len(result.trials), result.config) == ("time budget", 1, RetrieverConfig())
 
 
 def test_tuning_needs_users_with_a_history() -> None:

@@ -582,7 +582,7 @@ class Retriever:
             top = values.max(axis=1, initial=0.0)
             values /= np.where(top > 0, top, 1.0)[:, None]
             values *= weights.get(name, 0)
-            blended.__iadd__(values)
+            np.add(blended, values, out=blended)  # in place: the closure cannot rebind it
 
         if weights.get("cooccurrence", 0) > 0 and has_profile.any():
             add("cooccurrence", (profile @ self._similarity).toarray())

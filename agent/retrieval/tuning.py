@@ -4,7 +4,7 @@
 each user's last interaction with an item they had not interacted with before is the
 target, and the retriever is fitted on everything before it. It then searches the
 settings that matter most (recency half-life, sequence windows, similarity pruning and
-shrinkage, blend weights) one coordinate at a time from a starting point (``START``: a
+shrinkage, blend weights) one coordinate at a time from a starting point (by default ``RetrieverConfig()``, itself a
 validation-chosen compromise between ML-100K and Amazon Games), keeping a
 change only if it raises the objective ``ndcg@10 + hit@50`` on the validation targets
 (the retriever orders the fallback's list, NDCG@10, and fills the model's shortlist,
@@ -54,11 +54,6 @@ SEARCH_SPACE: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("neighbors", (50, 100, 200, 400)),
     ("popularity_half_life_days", (None, 7.0, 30.0, 60.0, 180.0)),
 )
-
-
-START = RetrieverConfig()
-"""Where ``tune`` starts by default: the built-in defaults, themselves the validation-chosen
-compromise between ML-100K and Amazon Games (provenance: ``RetrieverConfig``'s docstring)."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +170,8 @@ def tune(
     space: Sequence[tuple[str, Sequence[Any]]] = SEARCH_SPACE,
     on_trial: Callable[[Trial, Trial], None] | None = None,
 ) -> TuneResult:
-    """Coordinate search from ``start`` (default: ``START``) on a validation split.
+    """Coordinate search from ``start`` (default: ``RetrieverConfig()``, the validation-chosen
+    compromise whose provenance its docstring gives) on a validation split.
 
     ``max_users`` caps the validation users (a seeded sample) so a trial stays cheap on
     large logs; ``on_trial(trial, best)`` is called after every evaluation. The budget counts
@@ -192,7 +188,7 @@ def tune(
         users = sorted(targets)
         np.random.default_rng(seed).shuffle(users)
         targets = {u: targets[u] for u in users[:max_users]}
-    best_config = start or START
+    best_config = start or RetrieverConfig()
     trials: list[Trial] = []
     cache = FitCache(fit_events, items)  # what every trial's fit shares
 
