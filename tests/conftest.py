@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,3 +60,13 @@ def valid_profile_json() -> str:
             },
         }
     )
+
+
+@pytest.fixture(scope="module")
+def sample_frames() -> tuple[Any, Any]:
+    """The bundled sample's events and items (frames), loaded and aligned as the CLI does."""
+    from agent.data.loading import align_catalog, load_events, load_items
+
+    items = load_items(SAMPLE / "items.csv")
+    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
+    return events.frame, items.frame

@@ -28,7 +28,6 @@ from agent.batch.runner import (
     shard_of,
 )
 from agent.cli.main import main
-from agent.data.loading import align_catalog, load_events, load_items
 from agent.llm.client import ChatClient, LLMConfig
 from agent.recommender import RecommenderAgent
 from agent.testing.loopback import Fault, LoopbackServer, Reply
@@ -40,15 +39,8 @@ DATA = ["--events", str(SAMPLE / "events.csv"), "--items", str(SAMPLE / "items.c
 
 
 @pytest.fixture(scope="module")
-def frames() -> tuple[Any, Any]:
-    items = load_items(SAMPLE / "items.csv")
-    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
-    return events.frame, items.frame
-
-
-@pytest.fixture(scope="module")
-def agent(frames: tuple[Any, Any]) -> RecommenderAgent:
-    return RecommenderAgent(*frames, None)
+def agent(sample_frames: tuple[Any, Any]) -> RecommenderAgent:
+    return RecommenderAgent(*sample_frames, None)
 
 
 @pytest.fixture
@@ -87,7 +79,7 @@ def chat_ids(server: LoopbackServer, start: int = 0) -> list[str]:
 
 
 def test_batch_results_match_the_sync_path_and_a_rerun_sends_nothing(
-    agent: RecommenderAgent, frames: tuple[Any, Any], server: LoopbackServer, tmp_path: Path
+    agent: RecommenderAgent, sample_frames: tuple[Any, Any], server: LoopbackServer, tmp_path: Path
 ) -> None:
     summary = run(agent, server, tmp_path)
     assert summary.stop_error is None and summary.results == 8 and summary.failures == 0
@@ -100,7 +92,7 @@ def test_batch_results_match_the_sync_path_and_a_rerun_sends_nothing(
 
     # the sync path (ChatClient + RecommenderAgent.recommend) gives the same grounded list
     with ChatClient(config_for(server)) as client:
-        sync = RecommenderAgent(*frames, client)
+        sync = RecommenderAgent(*sample_frames, client)
         expected = sync.recommend("u003", k=10).model_dump(mode="json")
         sync_profile = sync.profile("u003").profile.model_dump(mode="json")
     got = next(r["result"] for r in results if r["user_id"] == "u003" and r["task"] == "recommend")

@@ -19,14 +19,13 @@ import pytest
 
 from agent.batch.runner import BatchSettings, BatchSummary, Planner, dry_run, run_batch
 from agent.batch.typical_reply import typical_completion_tokens, typical_reply
-from agent.data.loading import align_catalog, load_events, load_items
 from agent.llm.client import LLMConfig
 from agent.llm.prompt_cache import OPENAI, CachePolicy, PrefixCache, common_prefix, prompt_tokens_of
 from agent.prompting.tokens import PriceTable, count_messages
 from agent.recommender import AgentConfig, PreparedRequest, RecommenderAgent
 from agent.testing.loopback import LoopbackServer, Reply
 from agent.testing.standin_model import respond
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT
 
 USERS = [f"u{n:03d}" for n in range(1, 9)]
 MODEL = "gpt-4.1-mini"
@@ -36,23 +35,16 @@ SCHEMA_FREE = CachePolicy(schema_in_prefix=False)
 
 
 @pytest.fixture(scope="module")
-def frames() -> tuple[Any, Any]:
-    items = load_items(SAMPLE / "items.csv")
-    events = align_catalog(load_events(SAMPLE / "events.csv"), items)
-    return events.frame, items.frame
+def agent(sample_frames: tuple[Any, Any]) -> RecommenderAgent:
+    return RecommenderAgent(*sample_frames, None)
 
 
 @pytest.fixture(scope="module")
-def agent(frames: tuple[Any, Any]) -> RecommenderAgent:
-    return RecommenderAgent(*frames, None)
-
-
-@pytest.fixture(scope="module")
-def shared_agent(frames: tuple[Any, Any]) -> RecommenderAgent:
+def shared_agent(sample_frames: tuple[Any, Any]) -> RecommenderAgent:
     """An agent whose two prompts of a user share a long prefix: one static system message,
     then the user's history message, then the task's own message (the stand-in model reads
     the last user message, so replies are unchanged)."""
-    agent = RecommenderAgent(*frames, None)
+    agent = RecommenderAgent(*sample_frames, None)
     profile, recommend = agent.prepare_profile, agent.prepare_recommend
 
     def shaped(prepared: PreparedRequest, user_id: str) -> PreparedRequest:
@@ -315,8 +307,8 @@ def test_the_batch_api_collector_reads_cached_tokens_and_prices_them_at_the_cach
 
 # -- the shared reply schema: OpenAI's own rule, the real prompts ---------------------------------
 @pytest.fixture(scope="module")
-def schema_shared_agent(frames: tuple[Any, Any]) -> RecommenderAgent:
-    return RecommenderAgent(*frames, None, AgentConfig(reply_schema="shared"))
+def schema_shared_agent(sample_frames: tuple[Any, Any]) -> RecommenderAgent:
+    return RecommenderAgent(*sample_frames, None, AgentConfig(reply_schema="shared"))
 
 
 def test_typical_replies_validate_in_the_shared_envelope(schema_shared_agent: RecommenderAgent) -> None:
